@@ -1,0 +1,303 @@
+"""Typed stage configs, read from YAML with ``key.sub=value`` overrides.
+
+Every config is validated before any model or dataset is loaded. Unknown keys fail with their
+dotted path and the closest valid name; wrong types and out-of-range values fail with the key and
+the accepted values. Misspelled keys never fall back to defaults silently (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names every bad key and what it accepts."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(StrictModel):
+    """LoRA adapter (Hu et al., 2021) applied through peft."""
+
+    r: int = Field(8, ge=1, le=1024)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: Union[str, list[str]] = "all-linear"
+
+
+class ModelSettings(StrictModel):
+    """Where a causal LM (or reward model) comes from and how it is loaded.
+
+    ``path`` is a hub name, a local Hugging Face folder, or a ``.gguf`` file (then converted once to a
+    cached safetensors folder). ``gguf_file`` names the GGUF file inside ``path`` when ``path`` is a folder.
+    """
+
+    path: str
+    gguf_file: str | None = None
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    trust_remote_code: bool = False
+    lora: LoraSettings | None = None
+
+
+class DataSettings(StrictModel):
+    """A data source: a local ``.jsonl``/``.json``/``.parquet`` file or a hub dataset name."""
+
+    path: str
+    format: Literal["auto", "alignlab", "hh", "chat", "sharegpt", "alpaca", "kto", "oasst"] = "auto"
+    split: str = "train"
+    on_bad_record: Literal["error", "skip"] = "error"
+    limit: int | None = Field(None, ge=1)
+
+
+class TrainSettings(StrictModel):
+    """Optimisation settings shared by every training stage.
+
+    Truncation policy: the prompt keeps its most recent ``max_prompt_length`` tokens (oldest turns go
+    first); the completion is then cut on the right so prompt + completion fit ``max_length``.
+    """
+
+    learning_rate: float = Field(1e-4, gt=0, le=1.0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    seed: int = 0
+    max_length: int = Field(512, ge=8)
+    max_prompt_length: int = Field(256, ge=1)
+    log_every: int = Field(10, ge=1)
+    save_every: int | None = Field(None, ge=1)
+    gradient_checkpointing: bool = False
+
+
+class GenerationSettings(StrictModel):
+    """Sampling settings for every generation backend."""
+
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    num_samples: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    seed: int = 0
+
+
+class SFTConfig(StrictModel):
+    """Supervised fine-tuning: prompt-masked NLL on assistant turns."""
+
+    stage: Literal["sft"] = "sft"
+    model: ModelSettings
+    data: DataSettings
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    packing: bool = False
+    out: str
+
+
+class RMConfig(StrictModel):
+    """Reward model: Bradley–Terry pairwise loss (soft labels allowed)."""
+
+    stage: Literal["rm"] = "rm"
+    model: ModelSettings
+    data: DataSettings
+    eval_data: DataSettings | None = None
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    out: str
+
+
+class DPOConfig(StrictModel):
+    """Direct Preference Optimisation (sigmoid loss) against a frozen reference."""
+
+    stage: Literal["dpo"] = "dpo"
+    model: ModelSettings
+    ref_model: ModelSettings | None = None
+    data: DataSettings
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    beta: float = Field(0.1, gt=0.0)
+    out: str
+
+
+class EvalConfig(StrictModel):
+    """Generate on held-out prompts and report gold/proxy reward, rates, KL and win rate."""
+
+    stage: Literal["eval"] = "eval"
+    policy: ModelSettings
+    reference: ModelSettings | None = None
+    reward_model: ModelSettings | None = None
+    prompts: DataSettings
+    gym: str | None = None
+    num_prompts: int | None = Field(None, ge=1)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    out: str
+
+
+class GymBuildConfig(StrictModel):
+    """Build the alignment gym: world, data files and the pretrained tiny base model."""
+
+    stage: Literal["gym"] = "gym"
+    out: str
+    seed: int = 0
+    pretrain_seconds: float = Field(75.0, gt=0)
+    length_bias: float = 0.0
+
+
+STAGE_CONFIGS: dict[str, type[StrictModel]] = {
+    "sft": SFTConfig,
+    "rm": RMConfig,
+    "dpo": DPOConfig,
+    "eval": EvalConfig,
+    "gym": GymBuildConfig,
+}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.batch_size=4", "model.path=x"]`` into a nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        set_dotted(nested, key.strip(), value)
+    return nested
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``dotted == "a.b.c"``, creating sections as needed."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``extra`` into a copy of ``base`` (``extra`` wins)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def build_config(cls: type[StrictModel], raw: dict[str, Any], source: str = "config"):
+    """Validate ``raw`` as ``cls``; on failure raise a ConfigError listing every problem."""
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        lines = [describe_error(cls, err) for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid {cls.__name__}:\n  " + "\n  ".join(lines)) from None
+
+
+def load_stage_config(stage: str, path: str | None, overrides: list[str]):
+    """Read a stage config from YAML (optional) plus overrides, and validate it."""
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"unknown stage {stage!r}; choose one of {sorted(STAGE_CONFIGS)}")
+    raw = read_yaml(path) if path else {}
+    raw = deep_merge(raw, parse_overrides(overrides))
+    raw.setdefault("stage", stage)
+    if raw["stage"] != stage:
+        raise ConfigError(f"{path}: stage is {raw['stage']!r} but the command is {stage!r}")
+    return build_config(STAGE_CONFIGS[stage], raw, source=str(path or "command line"))
+
+
+# ----------------------------------------------------------------------------- error messages
+
+
+def describe_error(cls: type[BaseModel], err: dict[str, Any]) -> str:
+    """One readable line for one pydantic error: dotted key, problem, accepted values."""
+    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    dotted = ".".join(loc) or "<root>"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid = _valid_keys(cls, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{dotted}: unknown key{hint} (valid keys here: {', '.join(sorted(valid))})"
+    if kind == "missing":
+        return f"{dotted}: required key is missing"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{dotted}: must be one of {expected} (got {err.get('input')!r})"
+    ctx = err.get("ctx") or {}
+    bounds = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ctx.items() if k in _BOUNDS)
+    accepted = f" (accepted: {bounds})" if bounds else ""
+    return f"{dotted}: {err['msg']}{accepted} (got {err.get('input')!r})"
+
+
+_BOUNDS = {"gt": 0, "ge": 0, "lt": 0, "le": 0}
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic adds union member names (e.g. 'list[str]') to error paths; they are not keys."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none"})
+
+
+def _valid_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:
+    """The field names of the config section at ``loc`` inside ``cls``."""
+    model: Any = cls
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part) if _is_model(model) else None
+        if field is None:
+            return []
+        model = _section_model(field.annotation)
+    return list(model.model_fields) if _is_model(model) else []
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _section_model(annotation: Any) -> Any:
+    """The BaseModel inside ``X``, ``X | None`` or ``list[X]``, if any."""
+    if _is_model(annotation):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _section_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML (every default filled in)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

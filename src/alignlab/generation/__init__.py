@@ -1,0 +1,1 @@
+"""alignlab.generation."""
