@@ -154,12 +154,23 @@ class GymBuildConfig(StrictModel):
     length_bias: float = 0.0
 
 
+class ReportConfig(StrictModel):
+    """Merge several evaluations into one report (report.md, report.json, a PNG plot)."""
+
+    stage: Literal["report"] = "report"
+    inputs: dict[str, str]
+    title: str = "alignlab report"
+    compare: list[tuple[str, str]] = Field(default_factory=list)
+    out: str
+
+
 STAGE_CONFIGS: dict[str, type[StrictModel]] = {
     "sft": SFTConfig,
     "rm": RMConfig,
     "dpo": DPOConfig,
     "eval": EvalConfig,
     "gym": GymBuildConfig,
+    "report": ReportConfig,
 }
 
 

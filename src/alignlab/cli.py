@@ -1,0 +1,129 @@
+"""The ``alignlab`` command: one sub-command per stage, ``run`` for a recipe, ``quickstart``.
+
+    alignlab gym build --out DIR [--seed N]
+    alignlab sft  --config sft.yaml  [key.sub=value ...]
+    alignlab rm   --config rm.yaml   [key.sub=value ...]
+    alignlab dpo  --config dpo.yaml  [key.sub=value ...]
+    alignlab eval --config eval.yaml [key.sub=value ...]
+    alignlab run recipe.yaml [key.sub=value ...]
+    alignlab quickstart [--out DIR]
+
+Configs are validated before anything loads; a bad config or a bad data record ends the command with
+a one-paragraph message (exit code 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from alignlab.config import ConfigError, load_stage_config
+from alignlab.data.errors import RecordError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Align language models with human and AI feedback.")
+gym_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The alignment gym.")
+app.add_typer(gym_app, name="gym")
+
+CONFIG_OPT = typer.Option(None, "--config", "-c", help="YAML config for this stage.")
+OVERRIDES_ARG = typer.Argument(None, help="Overrides as key.sub=value.")
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[list[str]]) -> None:
+    from alignlab.stages import run_stage
+
+    try:
+        cfg = load_stage_config(stage, str(config) if config else None, overrides or [])
+        output = run_stage(cfg)
+    except (ConfigError, RecordError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{stage}: done → {output}")
+
+
+@app.command()
+def sft(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Supervised fine-tuning (prompt-masked NLL)."""
+    _run_stage_command("sft", config, overrides)
+
+
+@app.command()
+def rm(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Train a Bradley–Terry reward model on preference pairs."""
+    _run_stage_command("rm", config, overrides)
+
+
+@app.command()
+def dpo(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Direct Preference Optimisation against a frozen reference."""
+    _run_stage_command("dpo", config, overrides)
+
+
+@app.command("eval")
+def evaluate(config: Optional[Path] = CONFIG_OPT,
+             overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Generate on held-out prompts and report reward, rates, KL and win rate."""
+    _run_stage_command("eval", config, overrides)
+
+
+@app.command()
+def report(config: Optional[Path] = CONFIG_OPT,
+           overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Merge several evaluations into report.md / report.json / a plot."""
+    _run_stage_command("report", config, overrides)
+
+
+@gym_app.command("build")
+def gym_build(out: Path = typer.Option(..., "--out", help="Folder for the gym."),
+              seed: int = typer.Option(0, help="World and data seed."),
+              pretrain_seconds: float = typer.Option(75.0, help="Base-model pretraining budget."),
+              length_bias: float = typer.Option(0.0, help="Annotator length bias per word.")) -> None:
+    """Build the gym: world, data files and the pretrained tiny base model."""
+    overrides = [f"out={out}", f"seed={seed}", f"pretrain_seconds={pretrain_seconds}",
+                 f"length_bias={length_bias}"]
+    _run_stage_command("gym", None, overrides)
+
+
+@app.command("run")
+def run_recipe_command(recipe: Path = typer.Argument(..., help="Recipe YAML."),
+                       overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Run a multi-stage recipe (stages link through ${name.output})."""
+    from alignlab.recipe import load_recipe, run_recipe
+
+    try:
+        stages = load_recipe(recipe, overrides or [])
+        run_recipe(stages, log=typer.echo)
+    except (ConfigError, RecordError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out",
+                                        help="Folder for every stage of the quickstart.")) -> None:
+    """Gym → SFT → reward model → DPO → evaluation of base, SFT and DPO, with a report."""
+    from alignlab.recipe import load_recipe, run_recipe
+
+    start = time.time()
+    recipe = resources.files("alignlab") / "resources" / "quickstart.yaml"
+    with resources.as_file(recipe) as path:
+        stages = load_recipe(path, [f"out={out}"])
+    run_recipe(stages, log=typer.echo)
+    typer.echo(f"quickstart finished in {time.time() - start:.0f} s; report: {out / 'report' / 'report.md'}")
+
+
+def main() -> None:
+    """Entry point of the ``alignlab`` console script."""
+    app(prog_name="alignlab")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

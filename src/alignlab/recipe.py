@@ -1,0 +1,102 @@
+"""Multi-stage recipes: a YAML file of named stages where a stage names an earlier stage's output.
+
+Format::
+
+    out: runs/my-recipe          # each stage writes <out>/<name> unless it sets its own `out`
+    stages:
+      - name: sft
+        stage: sft
+        model: {path: ./base}
+        data: {path: data/sft.jsonl}
+      - name: dpo
+        stage: dpo
+        model: {path: "${sft.output}"}   # the sft stage's trained model folder
+        data: {path: data/prefs.jsonl}
+
+``${NAME.output}`` is replaced by the output of stage NAME (its model folder for training stages, its
+folder otherwise) and ``${NAME.out}`` by its run folder. Every stage is validated before the first one
+runs. Re-running a recipe skips stages that finished (their ``DONE`` marker exists).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from alignlab.config import STAGE_CONFIGS, ConfigError, build_config, deep_merge, parse_overrides
+from alignlab.config import read_yaml
+from alignlab.stages import is_done, run_stage, stage_output
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.(output|out)\}")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> list[tuple[str, Any]]:
+    """Read, link and validate every stage of a recipe; returns [(name, config)] in order."""
+    raw = deep_merge(read_yaml(path), parse_overrides(overrides or []))
+    return build_recipe(raw, source=str(path))
+
+
+def build_recipe(raw: dict[str, Any], source: str = "recipe") -> list[tuple[str, Any]]:
+    """Validate a recipe mapping (already read) into [(name, config)]."""
+    unknown = set(raw) - {"out", "stages"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level keys {sorted(unknown)}; expected 'out', 'stages'")
+    stages = raw.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"{source}: 'stages' must be a non-empty list")
+    base = Path(raw.get("out", "runs/recipe"))
+    outputs: dict[str, dict[str, str]] = {}
+    built = []
+    for index, entry in enumerate(stages):
+        name, cfg = _build_stage(entry, index, base, outputs, source)
+        outputs[name] = {"output": str(stage_output(cfg)), "out": str(cfg.out)}
+        built.append((name, cfg))
+    return built
+
+
+def _build_stage(entry, index, base, outputs, source):
+    where = f"{source}: stages[{index}]"
+    if not isinstance(entry, dict) or "stage" not in entry or "name" not in entry:
+        raise ConfigError(f"{where}: each stage needs 'name' and 'stage'")
+    entry = dict(entry)
+    name = str(entry.pop("name"))
+    if name in outputs:
+        raise ConfigError(f"{where}: duplicate stage name {name!r}")
+    if entry["stage"] not in STAGE_CONFIGS:
+        raise ConfigError(f"{where}: unknown stage {entry['stage']!r}; choose one of {sorted(STAGE_CONFIGS)}")
+    entry.setdefault("out", str(base / name))
+    linked = _substitute(entry, outputs, f"{where} ({name})")
+    return name, build_config(STAGE_CONFIGS[linked["stage"]], linked, source=f"{where} ({name})")
+
+
+def _substitute(value: Any, outputs: dict[str, dict[str, str]], where: str) -> Any:
+    """Replace ${NAME.output} / ${NAME.out} in every string of a nested config."""
+    if isinstance(value, dict):
+        return {k: _substitute(v, outputs, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, outputs, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        stage, field = match.groups()
+        if stage not in outputs:
+            raise ConfigError(f"{where}: ${{{stage}.{field}}} names no earlier stage "
+                              f"(earlier stages: {sorted(outputs) or 'none'})")
+        return outputs[stage][field]
+
+    return _REFERENCE.sub(replace, value)
+
+
+def run_recipe(stages: list[tuple[str, Any]], log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Run validated stages in order, skipping finished ones; returns each stage's output."""
+    results: dict[str, Path] = {}
+    for name, cfg in stages:
+        if is_done(cfg):
+            log(f"stage {name}: already done, skipping ({cfg.out})")
+            results[name] = stage_output(cfg)
+            continue
+        log(f"stage {name} ({cfg.stage}) → {cfg.out}")
+        results[name] = run_stage(cfg)
+    return results

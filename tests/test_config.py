@@ -1,0 +1,74 @@
+"""Config validation: unknown keys, wrong types and out-of-range values fail with clear messages."""
+
+import pytest
+
+from alignlab.config import ConfigError, DPOConfig, load_stage_config, parse_overrides
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+model: {path: ./m}
+data: {path: d.jsonl}
+out: runs/x
+"""
+
+
+def test_valid_config_with_overrides(tmp_path):
+    cfg = load_stage_config("dpo", str(write(tmp_path, BASE)), ["beta=0.25", "train.batch_size=4"])
+    assert isinstance(cfg, DPOConfig)
+    assert cfg.beta == 0.25 and cfg.train.batch_size == 4
+    assert cfg.train.learning_rate == 1e-4  # untouched default
+
+
+def test_unknown_nested_key_names_path_and_closest(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_stage_config("dpo", str(write(tmp_path, BASE)), ["train.learnig_rate=0.1"])
+    message = str(err.value)
+    assert "train.learnig_rate: unknown key; did you mean 'learning_rate'?" in message
+
+
+def test_unknown_top_level_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"bta: unknown key; did you mean 'beta'\?"):
+        load_stage_config("dpo", str(write(tmp_path, BASE + "bta: 0.1\n")), [])
+
+
+def test_out_of_range_value_names_key_and_bound(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_stage_config("dpo", str(write(tmp_path, BASE)), ["train.batch_size=0"])
+    assert "train.batch_size" in str(err.value) and "ge 1" in str(err.value)
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_stage_config("dpo", str(write(tmp_path, BASE)), ["beta=high"])
+    assert "beta:" in str(err.value) and "'high'" in str(err.value)
+
+
+def test_literal_lists_accepted_values(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_stage_config("sft", str(write(tmp_path, BASE)), ["data.format=csv"])
+    assert "data.format: must be one of" in str(err.value) and "'sharegpt'" in str(err.value)
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(ConfigError, match="model: required key is missing"):
+        load_stage_config("dpo", str(write(tmp_path, "data: {path: d}\nout: o\n")), [])
+
+
+def test_stage_mismatch_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="stage is 'dpo' but the command is 'sft'"):
+        load_stage_config("sft", str(write(tmp_path, BASE + "stage: dpo\n")), [])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_stage_config("sft", str(tmp_path / "nope.yaml"), [])
+
+
+def test_parse_overrides_nests_and_parses_yaml_values():
+    assert parse_overrides(["a.b.c=3", "a.d=[1, 2]", "e=true"]) == {
+        "a": {"b": {"c": 3}, "d": [1, 2]}, "e": True}
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        parse_overrides(["nonsense"])
