@@ -27,3 +27,34 @@ class BadRecordLog:
         self.skipped += 1
         if len(self.examples) < self.keep:
             self.examples.append(str(error))
+
+
+class RowError(RecordError):
+    """A bad record addressed by row index (JSON lists, parquet, ``datasets``) rather than by line."""
+
+    def __init__(self, source: str, line: int | None, field_name: str | None, problem: str):
+        super().__init__(source, line, field_name, problem)
+        what = f" field {field_name!r}:" if field_name else ""
+        self.args = (f"{source} row {line}:{what} {problem}",)
+
+
+class DataSourceError(RecordError):
+    """A data source that cannot be used as a whole: missing file, unreadable dataset, undetectable
+    format, or a record kind that cannot be converted to the kind a stage needs."""
+
+    def __init__(self, source: str, problem: str):
+        super().__init__(source, None, None, problem)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a raw row came from: a 1-based ``line`` of a JSONL file, or a 0-based ``row`` index."""
+
+    source: str
+    index: int
+    unit: str = "line"
+
+    def error(self, field_name: str | None, problem: str) -> RecordError:
+        """A RecordError (or RowError) pointing at this row and ``field_name``."""
+        cls = RecordError if self.unit == "line" else RowError
+        return cls(self.source, self.index, field_name, problem)

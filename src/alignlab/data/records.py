@@ -8,7 +8,7 @@ per line, as written by :func:`record_to_dict`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 ROLES = ("system", "user", "assistant")
 
@@ -63,7 +63,7 @@ class RankedList:
     scores: tuple[float, ...] = field(default=())
 
 
-Record = Union[Conversation, PreferencePair, BinaryFeedback, RankedList]
+Record = Conversation | PreferencePair | BinaryFeedback | RankedList
 
 KIND_OF = {Conversation: "conversation", PreferencePair: "pair", BinaryFeedback: "binary",
            RankedList: "ranked"}
