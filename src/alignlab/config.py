@@ -50,12 +50,17 @@ class ModelSettings(StrictModel):
 
 
 class DataSettings(StrictModel):
-    """A data source: a local ``.jsonl``/``.json``/``.parquet`` file or a hub dataset name."""
+    """A data source: a local ``.jsonl``/``.json``/``.parquet`` file or a hub dataset name.
+
+    ``offset`` skips the first records and ``limit`` caps how many are read after that (records
+    count after parsing, so a held-out slice is ``offset: N``).
+    """
 
     path: str
     format: Literal["auto", "alignlab", "hh", "chat", "sharegpt", "alpaca", "kto", "oasst"] = "auto"
     split: str = "train"
     on_bad_record: Literal["error", "skip"] = "error"
+    offset: int = Field(0, ge=0)
     limit: int | None = Field(None, ge=1)
 
 

@@ -1,0 +1,79 @@
+"""Pieces every training stage shares: start-up, data reporting, batching, gathering, saving."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+
+from alignlab.data.errors import RecordError
+from alignlab.models.loading import save_model
+from alignlab.runs import RunFolder
+from alignlab.train.loop import main_log, make_accelerator
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def start_stage(name: str, seed: int, run: RunFolder) -> Accelerator:
+    """A fresh Accelerator, every RNG seeded (new heads initialise the same on every process)."""
+    acc = make_accelerator()
+    set_seed(seed)
+    main_log(acc, run, f"{name}: {acc.num_processes} process(es), device {acc.device}")
+    return acc
+
+
+def report_data(acc: Accelerator, run: RunFolder, loaded, what: str) -> None:
+    """Log how many records were read and how many bad ones were skipped (to metrics too)."""
+    main_log(acc, run, f"{what}: {len(loaded.records)} records from {loaded.source}")
+    if acc.is_main_process:
+        run.log_metrics({"bad_records_skipped": loaded.bad.skipped, "data": what}, step=0)
+        for example in loaded.bad.examples[:5]:
+            run.log(f"skipped bad record: {example}")
+    if not loaded.records:
+        raise ValueError(f"{loaded.source}: no usable {what} records")
+
+
+def encode_all(records: Sequence[T], encode: Callable[[T], R], source: str) -> list[R]:
+    """``encode`` every record; a failure names the source and record number (1-based)."""
+    encoded = []
+    for number, record in enumerate(records, start=1):
+        try:
+            encoded.append(encode(record))
+        except ValueError as exc:
+            raise RecordError(source, number, None, f"cannot tokenise record: {exc}") from None
+    return encoded
+
+
+def batched(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    """Consecutive slices of ``items`` of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def sharded_map(acc: Accelerator, items: Sequence[T], fn: Callable[[list[T]], list[R]],
+                batch_size: int) -> list[R]:
+    """``fn`` over ``items`` in batches, split across processes; results in the original order."""
+    mine = list(range(acc.process_index, len(items), acc.num_processes))
+    local: list[tuple[int, R]] = []
+    for idx in batched(mine, batch_size):
+        local += list(zip(idx, fn([items[i] for i in idx])))
+    pairs = gather_object(local) if acc.num_processes > 1 else local
+    return [value for _, value in sorted(pairs, key=lambda p: p[0])]
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def save_final(acc: Accelerator, run: RunFolder, model, tokenizer) -> Path:
+    """Save the trained model (LoRA merged) as safetensors in ``run.model_dir`` (main process)."""
+    if acc.is_main_process:
+        save_model(model, tokenizer, run.model_dir)
+        run.log(f"saved model to {run.model_dir}")
+    acc.wait_for_everyone()
+    return run.model_dir

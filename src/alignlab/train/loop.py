@@ -1,0 +1,197 @@
+"""The one training loop every stage shares (SFT, reward model, DPO), on Hugging Face accelerate.
+
+A stage supplies a model, a dataset of pre-tokenised items with a collate function, and two
+functions: ``count_fn(batch) -> int`` (loss units in a batch: target tokens for SFT, pairs for RM/DPO,
+known before the forward pass) and ``step_fn(model, batch) -> (loss_sum, count, metric_sums)``.
+
+Distributed-correct aggregation (the OpenRLHF/TRL "num_items_in_batch" idea). For each optimiser
+step the loop first draws all ``grad_accum`` micro-batches, sums their counts, and all-reduces that to
+the global count N. Each micro-batch then back-propagates ``loss_sum * world_size / N``; DDP averages
+gradients over the W processes, so the accumulated gradient is exactly that of
+``global_loss_sum / N`` however the step is split across processes and accumulation steps. The
+logged loss is global_loss_sum / N, and each metric is its global sum / N (so ``metric_sums`` must
+be sums over loss units, e.g. the number of correctly ranked pairs).
+
+Batching, shuffling and resuming follow :mod:`alignlab.train.sampler` (``batch_size`` is per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from alignlab.config import TrainSettings
+from alignlab.runs import RunFolder
+from alignlab.train.checkpoint import Progress, latest_checkpoint, save_checkpoint
+from alignlab.train.sampler import StepSampler
+from alignlab.train.schedule import make_scheduler
+
+StepFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, Any, dict[str, torch.Tensor]]]
+CountFn = Callable[[dict], int]
+
+
+@dataclass
+class LoopResult:
+    """What the loop hands back: the unwrapped model, the step reached and the last logged row."""
+
+    model: torch.nn.Module
+    accelerator: Accelerator
+    step: int
+    resumed_from: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_accelerator() -> Accelerator:
+    """The Accelerator every stage uses (no gradient accumulation inside accelerate: the loop does it)."""
+    return Accelerator()
+
+
+def main_log(accelerator: Accelerator, run: RunFolder, message: str) -> None:
+    """``run.log(message)`` on the main process only."""
+    if accelerator.is_main_process:
+        run.log(message)
+
+
+def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[list], dict],
+               step_fn: StepFn, count_fn: CountFn, settings: TrainSettings, run: RunFolder,
+               accelerator: Accelerator | None = None) -> LoopResult:
+    """Train ``model`` on ``dataset`` with AdamW; resume from the latest checkpoint in ``run``.
+
+    ``accelerator``, when given, must be fresh (no model prepared yet): checkpoints hold every model
+    an Accelerator has prepared.
+    """
+    acc = accelerator or make_accelerator()
+    sampler = StepSampler(len(dataset), settings.batch_size, acc.num_processes,
+                          settings.grad_accum, settings.seed)
+    total = sampler.total_steps(settings.epochs, settings.max_steps)
+    model, optimizer, scheduler, progress = _prepare(acc, model, settings, total)
+    start = _maybe_resume(acc, run, progress, sampler)
+    main_log(acc, run, f"training {total} steps ({sampler.steps_per_epoch}/epoch, global batch "
+                       f"{sampler.global_batch} on {acc.num_processes} process(es)), from step {start}")
+    history = []
+    for step in range(start, total):
+        batches = [_to_device(collate_fn([dataset[i] for i in idx]), acc.device)
+                   for idx in sampler.micro_batches(step, acc.process_index)]
+        row = _optimiser_step(acc, model, optimizer, batches, step_fn, count_fn, settings)
+        row["lr"] = scheduler.get_last_lr()[0]
+        scheduler.step()
+        _record_progress(progress, sampler, step + 1)
+        if (step + 1) % settings.log_every == 0 or step + 1 == total:
+            history.append(_log_row(acc, run, row, step + 1, total))
+        if settings.save_every and (step + 1) % settings.save_every == 0:
+            save_checkpoint(acc, run.checkpoint_dir, step + 1)
+    acc.wait_for_everyone()
+    return LoopResult(acc.unwrap_model(model), acc, max(start, total), start, history)
+
+
+def _prepare(acc: Accelerator, model: torch.nn.Module, settings: TrainSettings, total: int):
+    """AdamW over trainable parameters, the schedule, and the progress object, registered for
+    checkpointing. The scheduler is deliberately not ``prepare``d: accelerate would step it once per
+    process, while here it steps once per optimiser step."""
+    if settings.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay)
+    model, optimizer = acc.prepare(model, optimizer)
+    scheduler = make_scheduler(optimizer, settings.lr_schedule, settings.warmup_ratio, total)
+    progress = Progress()
+    acc.register_for_checkpointing(scheduler, progress)
+    return model, optimizer, scheduler, progress
+
+
+def _maybe_resume(acc: Accelerator, run: RunFolder, progress: Progress,
+                  sampler: StepSampler) -> int:
+    """Load the latest complete checkpoint, if any; returns the step to continue from."""
+    latest = latest_checkpoint(run.checkpoint_dir)
+    if latest is None:
+        return 0
+    acc.load_state(str(latest))
+    if (progress.num_examples, progress.global_batch) != (sampler.num_examples,
+                                                         sampler.global_batch):
+        raise ValueError(
+            f"{latest}: checkpoint was made with {progress.num_examples} examples and global batch "
+            f"{progress.global_batch}, but this run has {sampler.num_examples} and "
+            f"{sampler.global_batch}; resume with the same data and batch settings or use a new out")
+    main_log(acc, run, f"resumed from {latest} (step {progress.step})")
+    return progress.step
+
+
+def _record_progress(progress: Progress, sampler: StepSampler, step: int) -> None:
+    progress.step = step
+    progress.epoch, progress.step_in_epoch = sampler.position(step)
+    progress.num_examples, progress.global_batch = sampler.num_examples, sampler.global_batch
+
+
+def _optimiser_step(acc: Accelerator, model, optimizer, batches: list[dict], step_fn: StepFn,
+                    count_fn: CountFn, settings: TrainSettings) -> dict[str, float]:
+    """One optimiser step over the micro-batches; returns the globally aggregated row."""
+    loss_sum, metric_sums, n_global = accumulate_gradients(acc, model, batches, step_fn, count_fn)
+    grad_norm = _clip(acc, model, settings.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return _aggregate(acc, loss_sum, metric_sums, n_global, grad_norm)
+
+
+def accumulate_gradients(acc: Accelerator, model, batches: list[dict], step_fn: StepFn,
+                         count_fn: CountFn) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Back-propagate every micro-batch so the gradients equal those of global_sum / N.
+
+    Returns this process's loss sum, its metric sums and the global count N. Gradient
+    synchronisation runs only on the last micro-batch (``no_sync`` before it).
+    """
+    counts = [int(count_fn(b)) for b in batches]
+    n_global = int(acc.reduce(torch.tensor(float(sum(counts)), device=acc.device), "sum").item())
+    scale = acc.num_processes / max(n_global, 1)
+    model.train()
+    loss_sum = torch.zeros((), device=acc.device)
+    metric_sums: dict[str, torch.Tensor] = {}
+    for k, batch in enumerate(batches):
+        sync = k == len(batches) - 1
+        with contextlib.nullcontext() if sync else acc.no_sync(model):
+            part, count, metrics = step_fn(model, batch)
+            acc.backward(part * scale)
+        if int(count) != counts[k]:
+            raise RuntimeError(f"step_fn counted {int(count)} loss units but count_fn {counts[k]}")
+        loss_sum += part.detach().float()
+        for name, value in metrics.items():
+            metric_sums[name] = metric_sums.get(name, 0.0) + value.detach().float()
+    return loss_sum, metric_sums, n_global
+
+
+def _clip(acc: Accelerator, model, max_norm: float | None) -> float:
+    """Clip the global gradient norm to ``max_norm`` (None: no clipping); returns the norm."""
+    norm = acc.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
+    return float(norm)
+
+
+def _aggregate(acc: Accelerator, loss_sum: torch.Tensor, metric_sums: dict[str, torch.Tensor],
+               n_global: int, grad_norm: float) -> dict[str, float]:
+    """All-reduce the loss and metric sums and divide by the global count."""
+    names = sorted(metric_sums)
+    local = torch.stack([loss_sum] + [torch.as_tensor(metric_sums[n], device=acc.device).float()
+                                      for n in names])
+    total = acc.reduce(local, "sum") / max(n_global, 1)
+    row = {"loss": float(total[0]), "count": n_global, "grad_norm": grad_norm}
+    row.update({name: float(total[i + 1]) for i, name in enumerate(names)})
+    return row
+
+
+def _log_row(acc: Accelerator, run: RunFolder, row: dict, step: int, total: int) -> dict:
+    if acc.is_main_process:
+        run.log_metrics(row, step=step)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "count")
+        run.log(f"step {step}/{total}: {shown}")
+    return {"step": step, **row}
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    """Move the tensors of a collated batch to ``device`` (other values pass through)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
