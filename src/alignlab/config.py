@@ -156,6 +156,7 @@ class GymBuildConfig(StrictModel):
     out: str
     seed: int = 0
     pretrain_seconds: float = Field(75.0, gt=0)
+    pretrain_steps: int | None = Field(None, ge=1)
     length_bias: float = 0.0
 
 

@@ -63,6 +63,6 @@ def _run_gym(cfg) -> Path:
     from alignlab.gym import build_gym
 
     out = build_gym(cfg.out, seed=cfg.seed, pretrain_seconds=cfg.pretrain_seconds,
-                    length_bias=cfg.length_bias)
+                    length_bias=cfg.length_bias, max_steps=cfg.pretrain_steps)
     (Path(cfg.out) / DONE_MARKER).write_text("ok\n")
     return Path(out)
