@@ -227,6 +227,7 @@ def test_gguf_file_missing_in_folder_is_named(tmp_path):
 def test_pkg_scheme_locates_file_in_installed_package_without_importing_it():
     """pkg://PACKAGE/file resolves inside the package folder; a missing package is a clear error."""
     import json as json_pkg
+    from pathlib import Path
 
     from alignlab.models.loading import ModelLoadError, resolve_package_path
 
