@@ -62,3 +62,40 @@ def test_two_processes_match_one(launcher, single, tmp_path):
         b = load_file(str(tmp_path / f"{name}.safetensors"))
         assert a.keys() == b.keys()
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5, name
+
+
+
+@pytest.mark.slow
+def test_cli_stage_under_accelerate_launch_joins_two_processes(tmp_path):
+    """`accelerate launch --num_processes 2 -m alignlab.cli sft` trains as ONE 2-process group on CPU.
+
+    Regression: a plain Accelerator() on a CPU-only machine ran each launched process alone (each
+    logged "1 process(es)" and saw the whole dataset).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from test_train_stages import _tokenizer
+
+    model_dir = tmp_path / "tiny"
+    tok = _tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"},
+                          {"role": "assistant", "content": f"a{i}"}]} for i in range(16)]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "alignlab.cli", "sft",
+           f"model.path={model_dir}", f"data.path={data}", f"out={out}", "train.max_steps=2",
+           "train.batch_size=4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    assert "sft: 2 process(es)" in log
+    assert "global batch 8 on 2 process(es)" in log

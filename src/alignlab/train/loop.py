@@ -47,8 +47,12 @@ class LoopResult:
 
 
 def make_accelerator() -> Accelerator:
-    """The Accelerator every stage uses (no gradient accumulation inside accelerate: the loop does it)."""
-    return Accelerator()
+    """The Accelerator every stage uses (no gradient accumulation inside accelerate: the loop does it).
+
+    Without a GPU, ``cpu=True`` is what makes accelerate join the launched processes into one gloo
+    group; a plain ``Accelerator()`` on a CPU-only machine runs each process alone.
+    """
+    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def main_log(accelerator: Accelerator, run: RunFolder, message: str) -> None:
