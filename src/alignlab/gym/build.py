@@ -87,8 +87,8 @@ def make_data(world: World, seed: int, length_bias: float) -> dict[str, Any]:
     train, evals = make_prompt_pools(world, seed, SIZES["train_pool"], SIZES["eval_pool"])
     rng = random.Random(f"data-{seed}")
     data = {"train_prompts": train, "eval_prompts": evals,
-            "base_corpus": C.base_corpus(rng, world, train, SIZES["base_corpus"]),
-            "sft": C.sft_conversations(rng, world, train, SIZES["sft"])}
+            "base_corpus": C.sample_conversations(rng, world, train, SIZES["base_corpus"], C.BASE_RATES),
+            "sft": C.sample_conversations(rng, world, train, SIZES["sft"], C.SFT_RATES)}
     data.update(make_feedback(rng, world, train, evals, length_bias))
     return data
 

@@ -64,25 +64,17 @@ def conversation(prompt: Messages, response: str) -> Conversation:
     return Conversation(tuple(prompt) + (Message("assistant", response),))
 
 
-def base_corpus(rng: random.Random, world: World, prompts: Sequence[Messages], n: int
-                ) -> list[Conversation]:
-    """``n`` HH-style transcripts on train prompts with responses from :data:`BASE_RATES`."""
+def sample_conversations(rng: random.Random, world: World, prompts: Sequence[Messages], n: int,
+                         rates) -> list[Conversation]:
+    """``n`` HH-style transcripts on random ``prompts`` with response styles drawn from ``rates``.
+
+    The base corpus uses :data:`BASE_RATES`, the SFT demonstrations :data:`SFT_RATES`.
+    """
     out = []
     for _ in range(n):
         prompt = rng.choice(prompts)
-        out.append(conversation(prompt, sample_response(rng, world, parse_prompt(world, prompt),
-                                                         BASE_RATES)))
-    return out
-
-
-def sft_conversations(rng: random.Random, world: World, prompts: Sequence[Messages], n: int
-                      ) -> list[Conversation]:
-    """``n`` helpful-demonstration conversations (:data:`SFT_RATES`)."""
-    out = []
-    for _ in range(n):
-        prompt = rng.choice(prompts)
-        out.append(conversation(prompt, sample_response(rng, world, parse_prompt(world, prompt),
-                                                        SFT_RATES)))
+        task = parse_prompt(world, prompt)
+        out.append(conversation(prompt, sample_response(rng, world, task, rates)))
     return out
 
 
