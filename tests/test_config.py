@@ -2,7 +2,7 @@
 
 import pytest
 
-from alignlab.config import ConfigError, DPOConfig, load_stage_config, parse_overrides
+from alignlab.config import ConfigError, PreferenceConfig, load_stage_config, parse_overrides
 
 
 def write(tmp_path, text):
@@ -19,9 +19,10 @@ out: runs/x
 
 
 def test_valid_config_with_overrides(tmp_path):
-    cfg = load_stage_config("dpo", str(write(tmp_path, BASE)), ["beta=0.25", "train.batch_size=4"])
-    assert isinstance(cfg, DPOConfig)
-    assert cfg.beta == 0.25 and cfg.train.batch_size == 4
+    cfg = load_stage_config("dpo", str(write(tmp_path, BASE + "loss: {name: dpo, beta: 0.1}\n")),
+                            ["loss.beta=0.25", "train.batch_size=4"])
+    assert isinstance(cfg, PreferenceConfig)
+    assert cfg.loss[0].params == {"beta": 0.25} and cfg.train.batch_size == 4
     assert cfg.train.learning_rate == 1e-4  # untouched default
 
 
@@ -33,8 +34,8 @@ def test_unknown_nested_key_names_path_and_closest(tmp_path):
 
 
 def test_unknown_top_level_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"bta: unknown key; did you mean 'beta'\?"):
-        load_stage_config("dpo", str(write(tmp_path, BASE + "bta: 0.1\n")), [])
+    with pytest.raises(ConfigError, match=r"los: unknown key; did you mean 'loss'\?"):
+        load_stage_config("dpo", str(write(tmp_path, BASE + "los: dpo\n")), [])
 
 
 def test_out_of_range_value_names_key_and_bound(tmp_path):
@@ -45,8 +46,8 @@ def test_out_of_range_value_names_key_and_bound(tmp_path):
 
 def test_wrong_type_names_key(tmp_path):
     with pytest.raises(ConfigError) as err:
-        load_stage_config("dpo", str(write(tmp_path, BASE)), ["beta=high"])
-    assert "beta:" in str(err.value) and "'high'" in str(err.value)
+        load_stage_config("dpo", str(write(tmp_path, BASE)), ["train.learning_rate=high"])
+    assert "train.learning_rate:" in str(err.value) and "'high'" in str(err.value)
 
 
 def test_literal_lists_accepted_values(tmp_path):
@@ -72,3 +73,23 @@ def test_parse_overrides_nests_and_parses_yaml_values():
         "a": {"b": {"c": 3}, "d": [1, 2]}, "e": True}
     with pytest.raises(ConfigError, match="expected key.sub=value"):
         parse_overrides(["nonsense"])
+
+
+def test_loss_names_and_params_checked_when_read(tmp_path):
+    path = str(write(tmp_path, BASE))
+    with pytest.raises(ConfigError, match=r"unknown loss 'simppo'; did you mean 'simpo'\?"):
+        load_stage_config("dpo", path, ["loss=simppo"])
+    with pytest.raises(ConfigError, match=r"loss 'dpo': beta: Input should be greater than 0"):
+        load_stage_config("dpo", path, ["loss={name: dpo, beta: -1}"])
+    with pytest.raises(ConfigError, match=r"loss 'dpo': bta: Extra inputs are not permitted"):
+        load_stage_config("dpo", path, ["loss={name: dpo, bta: 1}"])
+    with pytest.raises(ConfigError, match="listed twice"):
+        load_stage_config("dpo", path, ["loss=[dpo, dpo]"])
+
+
+def test_loss_combination_with_weights(tmp_path):
+    cfg = load_stage_config("preference", str(write(tmp_path, BASE)),
+                            ["loss=[{name: dpo, beta: 0.2}, {name: nll, weight: 0.5}]"])
+    assert [(t.name, t.weight, t.params) for t in cfg.loss] == [("dpo", 1.0, {"beta": 0.2}),
+                                                                ("nll", 0.5, {})]
+    assert load_stage_config("dpo", str(write(tmp_path, BASE)), []).loss[0].params == {"beta": 0.1}

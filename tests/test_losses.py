@@ -5,8 +5,6 @@ import math
 import pytest
 import torch
 
-from alignlab.losses import get_loss, losses_for
-from alignlab.losses.preference import dpo_sigmoid_loss
 from alignlab.losses.reward import bradley_terry_loss, calibration_error
 from alignlab.losses.sft import nll_sum
 
@@ -93,53 +91,3 @@ def test_calibration_error_zero_when_calibrated():
     # soft labels: the empirical preference frequency is the label mean
     assert calibration_error(torch.full((4,), 0.6), torch.full((4,), 0.6)) == pytest.approx(0.0, abs=1e-6)
     assert calibration_error(torch.ones(1), torch.zeros(1)) == pytest.approx(1.0)  # p=1 in last bin
-
-
-def test_dpo_equal_margins_is_log2():
-    pc, pr = torch.tensor([-5.0]), torch.tensor([-9.0])
-    losses, m = dpo_sigmoid_loss(pc, pr, pc - 1.0, pr - 1.0, beta=0.3)
-    # both log-ratios equal 1, so h = 0 and -log sigma(0) = log 2
-    assert losses.item() == pytest.approx(LOG2)
-    assert m["rewards/margin"].item() == pytest.approx(0.0)
-
-
-def test_dpo_hand_values_and_gradient():
-    pc = torch.tensor([-10.0], requires_grad=True)
-    pr = torch.tensor([-12.0], requires_grad=True)
-    losses, m = dpo_sigmoid_loss(pc, pr, torch.tensor([-11.0]), torch.tensor([-11.0]), beta=0.5)
-    # rewards: chosen 0.5*(−10+11)=0.5, rejected 0.5*(−12+11)=−0.5; margin 1
-    # loss = log(1+e^-1) = 0.313262
-    assert losses.item() == pytest.approx(0.313262, abs=1e-6)
-    assert m["rewards/chosen"].item() == pytest.approx(0.5)
-    assert m["rewards/rejected"].item() == pytest.approx(-0.5)
-    assert m["rewards/accuracy"].item() == 1.0
-    losses.sum().backward()
-    # d l / d pi_c = beta * (sigma(beta h) - 1) = 0.5 * (0.731059 - 1) = -0.134471
-    assert pc.grad.item() == pytest.approx(-0.134471, abs=1e-6)
-    assert pr.grad.item() == pytest.approx(0.134471, abs=1e-6)
-
-
-def test_dpo_soft_label_matches_cdpo_form():
-    args = (torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]),
-            torch.tensor([-11.0]))
-    losses, _ = dpo_sigmoid_loss(*args, beta=0.5, labels=torch.tensor([0.9]))
-    # 0.9*log(1+e^-1) + 0.1*log(1+e^1) = 0.9*0.313262 + 0.1*1.313262 = 0.413262
-    assert losses.item() == pytest.approx(0.413262, abs=1e-6)
-    half, _ = dpo_sigmoid_loss(*args, beta=0.5, labels=torch.tensor([0.5]))
-    swapped, _ = dpo_sigmoid_loss(args[1], args[0], args[3], args[2], beta=0.5,
-                                  labels=torch.tensor([0.5]))
-    assert half.item() == pytest.approx(swapped.item())
-
-
-def test_dpo_rejects_nonpositive_beta():
-    with pytest.raises(ValueError, match="beta"):
-        dpo_sigmoid_loss(*(torch.zeros(1),) * 4, beta=0.0)
-
-
-def test_registry_flags_and_suggestions():
-    assert get_loss("dpo_sigmoid").needs_reference
-    assert not get_loss("bradley_terry").needs_reference
-    assert get_loss("nll").unit == "token" and get_loss("bradley_terry").data_kind == "pair"
-    assert losses_for("preference") == ["dpo_sigmoid"]
-    with pytest.raises(KeyError, match="did you mean 'dpo_sigmoid'"):
-        get_loss("dpo_sigmoi")

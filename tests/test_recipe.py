@@ -36,7 +36,7 @@ def test_reference_to_later_stage_fails(tmp_path):
 
 
 def test_bad_key_in_later_stage_fails_before_running(tmp_path):
-    bad = dict(DPO, beta=-1)
+    bad = dict(DPO, loss={"name": "dpo", "beta": -1})
     with pytest.raises(ConfigError, match=r"(?s)stages\[1\] \(dpo\).*beta: Input should be greater than 0"):
         load_recipe(recipe(tmp_path, [SFT, bad]))
 

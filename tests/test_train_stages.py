@@ -10,14 +10,14 @@ from safetensors.torch import load_file
 
 from alignlab.config import (
     DataSettings,
-    DPOConfig,
+    PreferenceConfig,
     ModelSettings,
     RMConfig,
     SFTConfig,
     TrainSettings,
 )
 from alignlab.runs import RunFolder, read_metrics
-from alignlab.train.dpo import run_dpo
+from alignlab.train.preference import run_preference
 from alignlab.train.reward import run_rm
 from alignlab.train.sft import run_sft
 
@@ -152,10 +152,11 @@ def _sequence_margin(model_dir, tokenizer_dir, pairs):
 def test_dpo_increases_chosen_margin(tiny_model, tmp_path):
     pairs = _pairs(16, 1, "good answer", "bad reply")
     data = _write_jsonl(tmp_path / "pairs.jsonl", pairs)
-    cfg = DPOConfig(model=ModelSettings(path=tiny_model), data=DataSettings(path=data), beta=0.1,
-                    out=str(tmp_path / "dpo"), train=_train(max_steps=12, learning_rate=3e-3))
+    cfg = PreferenceConfig(model=ModelSettings(path=tiny_model), data=DataSettings(path=data),
+                           loss=[{"name": "dpo", "beta": 0.1}], reference_cache="none",
+                           out=str(tmp_path / "dpo"), train=_train(max_steps=12, learning_rate=3e-3))
     run = RunFolder(cfg.out, cfg, echo=False)
-    model_dir = run_dpo(cfg, run)
+    model_dir = run_preference(cfg, run)
     rows = [r for r in read_metrics(run.path) if "loss" in r]
     # step 1: the policy is the reference, so the implicit-reward margin is 0 and the loss log 2
     assert rows[0]["rewards/margin"] == pytest.approx(0.0, abs=1e-4)

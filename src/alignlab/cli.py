@@ -3,7 +3,8 @@
     alignlab gym build --out DIR [--seed N]
     alignlab sft  --config sft.yaml  [key.sub=value ...]
     alignlab rm   --config rm.yaml   [key.sub=value ...]
-    alignlab dpo  --config dpo.yaml  [key.sub=value ...]
+    alignlab dpo  --config dpo.yaml  [key.sub=value ...]   (alias: alignlab preference)
+    alignlab losses                                       (the registered objectives)
     alignlab eval --config eval.yaml [key.sub=value ...]
     alignlab run recipe.yaml [key.sub=value ...]
     alignlab quickstart [--out DIR]
@@ -64,8 +65,23 @@ def rm(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVE
 
 @app.command()
 def dpo(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Direct Preference Optimisation against a frozen reference."""
+    """Offline preference optimisation (DPO by default; any objective via ``loss``)."""
     _run_stage_command("dpo", config, overrides)
+
+
+@app.command()
+def preference(config: Optional[Path] = CONFIG_OPT,
+               overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Offline preference optimisation with any registered objective (same stage as ``dpo``)."""
+    _run_stage_command("preference", config, overrides)
+
+
+@app.command()
+def losses() -> None:
+    """List the registered preference objectives: name, data kind, reference, paper."""
+    from alignlab.losses.registry import objectives_table
+
+    typer.echo(objectives_table())
 
 
 @app.command("eval")

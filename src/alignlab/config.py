@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -123,16 +123,85 @@ class RMConfig(StrictModel):
     out: str
 
 
-class DPOConfig(StrictModel):
-    """Direct Preference Optimisation (sigmoid loss) against a frozen reference."""
+class LossTerm(BaseModel):
+    """One objective of the preference stage: ``{name: dpo, beta: 0.1, weight: 1.0}``.
 
-    stage: Literal["dpo"] = "dpo"
+    Keys other than ``name`` and ``weight`` are the objective's own parameters, validated against its
+    registered parameter model (``alignlab.losses``) when the config is read.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    weight: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check_params(self) -> "LossTerm":
+        from alignlab.losses import get_loss
+
+        try:
+            spec = get_loss(self.name)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+        spec.parse(self.params)
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SDPOSettings(StrictModel):
+    """sDPO (Kim et al. 2024): train on ``stages`` consecutive chunks of the data; each chunk's
+    reference is the model that finished the previous chunk."""
+
+    stages: int = Field(2, ge=2)
+
+
+class PreferenceConfig(StrictModel):
+    """Offline preference optimisation: any registered objective (or a weighted sum of several).
+
+    ``stage: dpo`` and ``stage: preference`` are the same stage. ``reference_cache`` is the folder of
+    the on-disk reference log-prob cache (``auto``: ``$ALIGNLAB_CACHE/reference``; ``none``: compute
+    every run, keep nothing).
+    """
+
+    stage: Literal["dpo", "preference"] = "dpo"
     model: ModelSettings
     ref_model: ModelSettings | None = None
     data: DataSettings
     train: TrainSettings = Field(default_factory=TrainSettings)
-    beta: float = Field(0.1, gt=0.0)
+    loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="dpo", beta=0.1)],
+                                 min_length=1)
+    reference_cache: str = "auto"
+    sdpo: SDPOSettings | None = None
     out: str
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        if isinstance(value, (dict, str)):
+            value = [value]
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> "PreferenceConfig":
+        from alignlab.losses import get_loss
+
+        specs = [get_loss(term.name) for term in self.loss]
+        kinds = {spec.data_kind for spec in specs}
+        if len(kinds) > 1:
+            raise ValueError("loss: combined objectives must train on one data kind, got "
+                             + ", ".join(f"{s.name}={s.data_kind}" for s in specs))
+        if len({term.name for term in self.loss}) != len(self.loss):
+            raise ValueError("loss: an objective is listed twice")
+        if self.sdpo is not None and self.ref_model is not None:
+            raise ValueError("sdpo: the reference moves to each stage's starting model, so "
+                             "ref_model must not be set")
+        return self
+
+
+DPOConfig = PreferenceConfig
 
 
 class EvalConfig(StrictModel):
@@ -173,7 +242,8 @@ class ReportConfig(StrictModel):
 STAGE_CONFIGS: dict[str, type[StrictModel]] = {
     "sft": SFTConfig,
     "rm": RMConfig,
-    "dpo": DPOConfig,
+    "dpo": PreferenceConfig,
+    "preference": PreferenceConfig,
     "eval": EvalConfig,
     "gym": GymBuildConfig,
     "report": ReportConfig,

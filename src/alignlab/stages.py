@@ -19,7 +19,7 @@ DONE_MARKER = "DONE"
 def stage_output(cfg: BaseModel) -> Path:
     """Where a stage's output will be, known before it runs (recipes link stages through this)."""
     out = Path(cfg.out)
-    if cfg.stage in ("sft", "rm", "dpo"):
+    if cfg.stage in ("sft", "rm", "dpo", "preference"):
         return out / "model"
     return out
 
@@ -47,9 +47,9 @@ def _runner(stage: str):
     if stage == "rm":
         from alignlab.train.reward import run_rm
         return run_rm
-    if stage == "dpo":
-        from alignlab.train.dpo import run_dpo
-        return run_dpo
+    if stage in ("dpo", "preference"):
+        from alignlab.train.preference import run_preference
+        return run_preference
     if stage == "eval":
         from alignlab.eval.run import run_eval
         return run_eval

@@ -35,3 +35,33 @@ def pairwise_accuracy(margin: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     side = torch.sign(labels - 0.5)
     agree = torch.sign(margin) * side
     return (agree + 1) / 2
+
+
+def mix_orientations(forward: torch.Tensor, backward: torch.Tensor,
+                     labels: torch.Tensor) -> torch.Tensor:
+    """Per-pair ``y * forward + (1 - y) * backward``: a soft label as a mixture of orientations.
+
+    ``forward`` is a loss computed with chosen as the preferred response, ``backward`` the same loss
+    with the pair swapped. y = 1 gives ``forward`` exactly, y = 0 gives ``backward``; for the logistic
+    loss the mixture is the binary cross-entropy of :func:`soft_label_logistic`. A term whose weight
+    is zero contributes exactly 0 even when it is infinite (so a hard label never yields ``0 * inf``).
+    """
+    zero = torch.zeros((), dtype=forward.dtype, device=forward.device)
+    return (torch.where(labels > 0, labels * forward, zero)
+            + torch.where(labels < 1, (1 - labels) * backward, zero))
+
+
+MAX_MEAN_LOGP = -1e-6
+"""Upper clamp of the per-token mean log-probability in :func:`log_odds` (P(y|x) <= 1 - 1e-6)."""
+
+
+def log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
+    """``log(p / (1 - p))`` with ``p = exp(mean_logps)`` (ORPO's odds of a sequence, eq. 4).
+
+    Computed as ``mean_logps - log(-expm1(mean_logps))``: ``expm1`` keeps ``1 - p`` accurate as
+    ``mean_logps -> 0`` where ``log1p(-exp(x))`` rounds ``exp(x)`` to 1 and returns -inf. The input
+    is clamped to at most :data:`MAX_MEAN_LOGP` so a (numerically) certain sequence has a large but
+    finite log-odds (about 13.8); beyond the clamp its log-odds gets no gradient.
+    """
+    x = mean_logps.clamp(max=MAX_MEAN_LOGP)
+    return x - torch.log(-torch.expm1(x))

@@ -146,3 +146,21 @@ def reward_scores(rm_model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     pooled = hidden[rows, last_token_index(attention_mask).to(hidden.device)]
     scores = score_head(rm_model)(pooled)
     return scores[:, 0].float()
+
+
+def token_log_softmax(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, T-1, V]`` float32 log-softmax of the next-token distribution at every position.
+
+    The full-distribution counterpart of :func:`token_logprobs` for objectives that need more than
+    the target token's log-prob (TDPO's per-token KL, CRINGE's top-k candidates). It holds all
+    logits at once, so its memory is ``B * T * V * 4`` bytes (plus autograd's copy); use it only for
+    those objectives.
+    """
+    base = unwrap_peft(model)
+    head = base.get_output_embeddings()
+    if head is None:
+        raise TypeError(f"{type(base).__name__} has no output embeddings (vocabulary head)")
+    hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)[:, :-1]
+    logits = _transform_logits(head(hidden).float(), base.config)
+    return torch.log_softmax(logits, dim=-1)

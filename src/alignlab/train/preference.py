@@ -1,0 +1,250 @@
+"""The offline preference stage: every registered objective (``alignlab.losses``) through one loop.
+
+Per run:
+
+1. read the data as the objective's kind (pair / binary / ranked; pairs convert to unpaired binary
+   feedback, ranked lists to pairs, see ``data.loading``) and tokenise it into fixed-slot examples
+   (``pref_examples``);
+2. reference (objectives with ``reference="cached"``): sequence log-probs of every row, computed once
+   in batched no-grad passes split across processes and cached on disk keyed by model and data
+   (``reference_cache``), BEFORE the policy trains, so no reference model is held during training.
+   The reference is ``ref_model`` when given (loaded, used, freed), else the starting policy (with
+   its LoRA adapter disabled when it has one; without LoRA the policy before its first update *is*
+   the reference). Reference-free objectives load and run no reference at all; TDPO
+   (``reference="online"``) runs the reference on every batch because it needs full distributions;
+3. train: each batch of B examples is ONE forward over all S*B rows (chosen and rejected, or the
+   whole list), reduced to per-sequence stats and handed to the weighted sum of objectives.
+
+sDPO (Kim et al. 2024, "sDPO: Don't Use Your Data All at Once") splits the data into consecutive
+chunks; chunk k is trained with the model that finished chunk k-1 as both starting policy and
+reference. Each chunk is a sub-run ``sdpo-k/`` with its own checkpoints and saved model, so a killed
+run resumes inside the chunk it was training.
+"""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from alignlab.config import ModelSettings, PreferenceConfig
+from alignlab.data.collate import pad_encoded
+from alignlab.data.loading import load_records
+from alignlab.models.loading import load_causal_lm, load_tokenizer, resolve_model_source
+from alignlab.models.reference import precompute_logprobs
+from alignlab.runs import RunFolder
+from alignlab.train.common import report_data, save_final, sharded_map, start_stage
+from alignlab.train.loop import main_log, make_accelerator, train_loop
+from alignlab.train.objective import Objective
+from alignlab.train.pref_examples import (Example, collate_examples, encode_binary, encode_pairs,
+                                          encode_ranked, slot_major_rows)
+from alignlab.train.pref_forward import PreferenceModule, objective_inputs, row_stats
+from alignlab.train.reference_cache import (ReferenceCache, cache_key, data_digest,
+                                            model_fingerprint, resolve_cache_dir)
+
+SDPO_DONE = "DONE"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def policy_tokenizer(settings: ModelSettings):
+    """The policy's tokenizer alone (the model is loaded later, after the reference pass)."""
+    source, extra = resolve_model_source(settings)
+    return load_tokenizer(source, settings, extra)
+
+
+def encode_examples(cfg: PreferenceConfig, objective: Objective, tokenizer, records) -> list[Example]:
+    """Tokenise records into examples of the objective's kind (see ``pref_examples``)."""
+    lengths = (cfg.train.max_length, cfg.train.max_prompt_length)
+    kind = objective.data_kind
+    if kind == "pair":
+        return encode_pairs(tokenizer, records, *lengths)
+    if kind == "binary":
+        return encode_binary(tokenizer, records, *lengths, with_mismatch="kl_pairs" in objective.needs)
+    return encode_ranked(tokenizer, records, *lengths)
+
+
+def load_examples(cfg: PreferenceConfig, objective: Objective, acc, run: RunFolder, tokenizer):
+    loaded = load_records(cfg.data, objective.data_kind)
+    report_data(acc, run, loaded, objective.data_kind)
+    try:
+        return encode_examples(cfg, objective, tokenizer, loaded.records)
+    except ValueError as exc:
+        raise ValueError(f"{loaded.source}: cannot tokenise the data: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def reference_rows(model, examples: list[Example], pad_id: int, disable_adapter: bool) -> torch.Tensor:
+    """``[len(examples), slots]`` summed reference log-probs of every row (no grad, eval mode)."""
+    slots = len(examples[0].rows)
+    batch = pad_encoded(slot_major_rows(examples), pad_id)
+    values = precompute_logprobs(model, [batch], disable_adapter=disable_adapter)
+    return values.reshape(slots, len(examples)).T
+
+
+class LazyReference:
+    """Loads the reference model on first use (a fully cached run never loads it)."""
+
+    def __init__(self, settings: ModelSettings, policy, lora: bool, tokenizer):
+        self.settings, self.policy, self.lora, self.tokenizer = settings, policy, lora, tokenizer
+        self.model = None
+
+    def get(self):
+        if self.policy is not None:
+            return self.policy
+        if self.model is None:
+            self.model, ref_tok = load_causal_lm(self.settings, for_training=False)
+            if len(ref_tok) != len(self.tokenizer):
+                raise ValueError(f"ref_model {self.settings.path}: tokenizer has {len(ref_tok)} "
+                                 f"tokens, the policy's has {len(self.tokenizer)}; they must match")
+        return self.model
+
+    def release(self) -> None:
+        self.model = None
+        gc.collect()
+
+
+def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, examples: list[Example],
+                     ref_settings: ModelSettings, policy, tokenizer) -> list[Example]:
+    """Examples with cached reference log-probs (computed where the cache has none)."""
+    adapter_base = policy is not None and cfg.model.lora is not None
+    lazy = LazyReference(ref_settings, policy, adapter_base, tokenizer)
+    batch_size = cfg.train.batch_size
+
+    def compute(block: list[Example]) -> torch.Tensor:
+        model = lazy.get().to(acc.device)
+        rows = sharded_map(acc, block, lambda chunk: list(reference_rows(
+            model, chunk, tokenizer.pad_token_id, adapter_base)), batch_size)
+        return torch.stack(rows)
+
+    fingerprint = model_fingerprint(ref_settings, adapter_base)
+    key = cache_key(fingerprint, data_digest(examples))
+    cache = ReferenceCache(resolve_cache_dir(cfg.reference_cache), key)
+    start = time.time()
+    out = cached_or_computed(examples, cache, fingerprint, compute, acc, run)
+    lazy.release()
+    source = "ref_model" if policy is None else (
+        "policy with adapter disabled" if adapter_base else "starting policy")
+    main_log(acc, run, f"reference log-probs for {len(examples)} examples from the {source} "
+                       f"({ref_settings.path}) in {time.time() - start:.1f}s")
+    if acc.is_main_process:
+        run.log_metrics({"reference_seconds": time.time() - start}, step=0)
+    return out
+
+
+def cached_or_computed(examples, cache, fingerprint, compute, acc, run):
+    from alignlab.train.reference_cache import cached_reference
+
+    return cached_reference(examples, cache, {"model": fingerprint, "examples": len(examples)},
+                            compute, acc.is_main_process, acc.wait_for_everyone,
+                            lambda msg: main_log(acc, run, msg))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def count_examples(batch: dict) -> int:
+    return int(batch["label"].numel())
+
+
+def preference_step(model, batch: dict, objective: Objective):
+    """``(loss_sum, n_examples, metric sums)`` of one micro-batch; ``model`` is a PreferenceModule."""
+    stats = row_stats(model(batch), batch)
+    losses, metrics = objective(objective_inputs(objective.data_kind, stats, batch))
+    return losses.sum(), count_examples(batch), {k: v.float().sum() for k, v in metrics.items()}
+
+
+def online_reference(cfg: PreferenceConfig, objective: Objective, policy):
+    """The frozen model TDPO-style objectives run per batch (None: the LoRA adapter-disabled policy)."""
+    if objective.reference != "online":
+        return None
+    if cfg.ref_model is not None:
+        reference, _ = load_causal_lm(cfg.ref_model, for_training=False)
+        return reference
+    if cfg.model.lora is not None:
+        return None
+    import copy
+
+    frozen = copy.deepcopy(policy).eval()
+    frozen.requires_grad_(False)
+    return frozen
+
+
+def train_chunk(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
+                model_settings: ModelSettings, examples: list[Example], ref_settings: ModelSettings):
+    """Reference pass (if any), then training on ``examples``; returns (policy, tokenizer)."""
+    tokenizer = policy_tokenizer(model_settings)
+    policy = None
+    if objective.reference == "cached":
+        if ref_settings is model_settings:
+            policy, tokenizer = load_causal_lm(model_settings)
+        examples = attach_reference(cfg, acc, run, examples, ref_settings, policy, tokenizer)
+    elif objective.reference == "none":
+        main_log(acc, run, "reference-free objective: no reference model is loaded")
+    if policy is None:
+        policy, tokenizer = load_causal_lm(model_settings)
+    reference = online_reference(cfg, objective, policy)
+    module = PreferenceModule(policy, objective.needs, objective.topk(), reference)
+    collate = partial(collate_examples, pad_id=tokenizer.pad_token_id)
+    step = partial(preference_step, objective=objective)
+    acc.register_for_checkpointing(objective)
+    result = train_loop(module, examples, collate, step, count_examples, cfg.train, run, acc)
+    return result.model.model, tokenizer
+
+
+def run_preference(cfg: PreferenceConfig, run: RunFolder) -> Path:
+    """Train ``cfg.model`` with ``cfg.loss`` on ``cfg.data``; returns the saved model folder."""
+    objective = Objective.from_config(cfg.loss)
+    acc = start_stage(f"preference ({' + '.join(s.name for s in objective.specs)})",
+                      cfg.train.seed, run)
+    tokenizer = policy_tokenizer(cfg.model)
+    examples = load_examples(cfg, objective, acc, run, tokenizer)
+    if cfg.sdpo is not None:
+        return run_sdpo(cfg, run, objective, acc, examples)
+    ref_settings = cfg.ref_model or cfg.model
+    policy, tokenizer = train_chunk(cfg, run, objective, acc, cfg.model, examples, ref_settings)
+    return save_final(acc, run, policy, tokenizer)
+
+
+# ----------------------------------------------------------------------------- sDPO
+
+
+def sdpo_chunks(examples: list[Example], stages: int) -> list[list[Example]]:
+    """Consecutive, near-equal chunks in data order (sDPO orders data easy → hard beforehand)."""
+    if len(examples) < stages:
+        raise ValueError(f"sdpo.stages={stages} but the data has only {len(examples)} examples")
+    bounds = [round(i * len(examples) / stages) for i in range(stages + 1)]
+    return [examples[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def run_sdpo(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
+             examples: list[Example]) -> Path:
+    """Train chunk by chunk; chunk k starts from, and is referenced to, chunk k-1's saved model."""
+    settings = cfg.model
+    for k, chunk in enumerate(sdpo_chunks(examples, cfg.sdpo.stages), start=1):
+        sub = RunFolder(run.path / f"sdpo-{k}", echo=run.echo)
+        if not (sub.path / SDPO_DONE).is_file():
+            main_log(acc, run, f"sDPO stage {k}/{cfg.sdpo.stages}: {len(chunk)} examples from "
+                               f"{settings.path}")
+            stage_acc = acc if k == 1 else make_accelerator()
+            policy, tokenizer = train_chunk(cfg, sub, objective, stage_acc, settings, chunk,
+                                            settings)
+            save_final(stage_acc, sub, policy, tokenizer)
+            if stage_acc.is_main_process:
+                (sub.path / SDPO_DONE).write_text("ok\n")
+            del policy
+            gc.collect()
+        settings = settings.model_copy(update={"path": str(sub.model_dir), "gguf_file": None})
+    if acc.is_main_process:
+        if run.model_dir.exists():
+            shutil.rmtree(run.model_dir)
+        shutil.copytree(settings.path, run.model_dir)
+    acc.wait_for_everyone()
+    return run.model_dir
