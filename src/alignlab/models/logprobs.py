@@ -68,38 +68,69 @@ def _transform_logits(logits: torch.Tensor, config) -> torch.Tensor:
     return logits
 
 
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in float32 for the softmax (float64 models keep float64, for exact tests)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, config) -> torch.Tensor:
-    logits = _transform_logits(head(hidden).float(), config)
+    logits = _transform_logits(_upcast(head(hidden)), config)
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   position_ids: torch.Tensor | None = None, chunk_size: int = 64) -> torch.Tensor:
-    """``[B, T-1]`` float32 log p(input_ids[:, t+1] | input_ids[:, ≤t]), chunked over positions.
-
-    ``position_ids`` default to positions counted over real tokens (``cumsum(attention_mask) - 1``).
-    Values at padded positions are meaningless; mask them with ``attention_mask``/``loss_mask``.
-    """
+def _vocab_head(model):
     base = unwrap_peft(model)
     head = base.get_output_embeddings()
     if head is None:
         raise TypeError(f"{type(base).__name__} has no output embeddings (vocabulary head)")
-    hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)[:, :-1]
-    targets = input_ids[:, 1:]
+    return base, head
+
+
+def _head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, config,
+                   chunk: int) -> torch.Tensor:
+    """Log-probs of ``targets`` [M] from ``hidden`` [M, H], ``chunk`` rows at a time (checkpointed
+    when gradients are needed, so backward recomputes each chunk's logits instead of storing them)."""
     use_checkpoint = torch.is_grad_enabled() and (
         hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     pieces = []
-    for start in range(0, hidden.shape[1], chunk_size):
-        args = (hidden[:, start:start + chunk_size], targets[:, start:start + chunk_size],
-                head, base.config)
+    for start in range(0, hidden.shape[0], chunk):
+        args = (hidden[start:start + chunk], targets[start:start + chunk], head, config)
         if use_checkpoint:
             pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
         else:
             pieces.append(_chunk_logprobs(*args))
     if not pieces:
-        return hidden.new_zeros(input_ids.shape[0], 0, dtype=torch.float32)
-    return torch.cat(pieces, dim=1)
+        return hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(pieces)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   position_ids: torch.Tensor | None = None, chunk_size: int = 64,
+                   target_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, T-1]`` float32 log p(input_ids[:, t+1] | input_ids[:, ≤t]), chunked over positions.
+
+    ``position_ids`` default to positions counted over real tokens (``cumsum(attention_mask) - 1``).
+    Values at padded positions are meaningless; mask them with ``attention_mask``/``loss_mask``.
+
+    ``target_mask`` ([B, T-1], the shifted loss mask), when given, selects the positions whose
+    log-probs are wanted: only those hidden states go through the vocabulary head (the other
+    entries are 0). Losses that read completion tokens only skip the head's forward, recompute and
+    backward on prompt and padding positions, which on chat data are most of the sequence.
+    """
+    base, head = _vocab_head(model)
+    hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)[:, :-1]
+    targets = input_ids[:, 1:]
+    rows, width = targets.shape
+    chunk = chunk_size * max(rows, 1)
+    if target_mask is None:
+        flat = _head_logprobs(hidden.reshape(rows * width, -1), targets.reshape(-1), head,
+                              base.config, chunk)
+        return flat.reshape(rows, width)
+    selected = target_mask.bool()
+    values = _head_logprobs(hidden[selected], targets[selected], head, base.config, chunk)
+    out = torch.zeros(rows, width, dtype=values.dtype, device=values.device)
+    return out.masked_scatter(selected, values)
 
 
 def sequence_logprobs(model, batch: dict, average: bool = False, chunk_size: int = 64):
@@ -108,9 +139,10 @@ def sequence_logprobs(model, batch: dict, average: bool = False, chunk_size: int
     ``batch`` holds ``input_ids``, ``attention_mask``, ``loss_mask`` and optionally ``position_ids``
     (as produced by :func:`alignlab.data.collate.pad_encoded`). A row with no target tokens gives 0.
     """
+    mask = batch["loss_mask"][:, 1:]
     per_token = token_logprobs(model, batch["input_ids"], batch["attention_mask"],
-                               batch.get("position_ids"), chunk_size=chunk_size)
-    mask = batch["loss_mask"][:, 1:].to(per_token.dtype)
+                               batch.get("position_ids"), chunk_size=chunk_size, target_mask=mask)
+    mask = mask.to(per_token.dtype)
     total = (per_token * mask).sum(-1)
     if average:
         return total / mask.sum(-1).clamp(min=1.0)
@@ -157,10 +189,7 @@ def token_log_softmax(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     logits at once, so its memory is ``B * T * V * 4`` bytes (plus autograd's copy); use it only for
     those objectives.
     """
-    base = unwrap_peft(model)
-    head = base.get_output_embeddings()
-    if head is None:
-        raise TypeError(f"{type(base).__name__} has no output embeddings (vocabulary head)")
+    base, head = _vocab_head(model)
     hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)[:, :-1]
-    logits = _transform_logits(head(hidden).float(), base.config)
+    logits = _transform_logits(_upcast(head(hidden)), base.config)
     return torch.log_softmax(logits, dim=-1)

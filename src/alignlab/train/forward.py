@@ -23,7 +23,7 @@ class TokenLogprobModule(torch.nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         return token_logprobs(self.model, batch["input_ids"], batch["attention_mask"],
-                              batch.get("position_ids"))
+                              batch.get("position_ids"), target_mask=batch["loss_mask"][:, 1:])
 
 
 class RewardModule(torch.nn.Module):

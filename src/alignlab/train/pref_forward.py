@@ -38,7 +38,8 @@ class PreferenceModule(torch.nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         args = (batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
         if not self.needs & FULL_DISTRIBUTION_NEEDS:
-            return {"token_logps": token_logprobs(self.model, *args)}
+            return {"token_logps": token_logprobs(self.model, *args,
+                                                  target_mask=batch["loss_mask"][:, 1:])}
         log_probs = token_log_softmax(self.model, *args)
         targets = batch["input_ids"][:, 1:].unsqueeze(-1)
         out = {"token_logps": log_probs.gather(-1, targets).squeeze(-1)}
