@@ -143,6 +143,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/league")
     parser.add_argument("--collect", action="store_true", help="only collect finished results")
+    parser.add_argument("--readme", action="store_true",
+                        help="also write the league and methods tables into README.md")
     args = parser.parse_args()
     out = Path(args.out)
     if not args.collect:
@@ -153,7 +155,44 @@ def main() -> None:
     rows = collect(out)
     (HERE / "results.json").write_text(json.dumps(rows, indent=1))
     (HERE / "results.md").write_text(table(rows))
+    if args.readme:
+        update_readme(rows)
     print(table(rows))
+
+
+
+def readme_rows(rows: list[dict]) -> str:
+    """Methods-table rows for the README: one per registered objective, with its league result."""
+    from alignlab.losses.registry import REFERENCE_WORDS, load_catalog
+
+    by_name = {row["name"]: row for row in rows}
+    lines = []
+    for name, spec in sorted(load_catalog().items()):
+        results = [r for r in rows if r["loss"] and r["loss"][0]["name"] == name
+                   and len(r["loss"]) == 1]
+        shown = "; ".join(f"{r['name']}: {cell(r['metrics']['gold_reward'], 2)}" for r in results)
+        if name == "nll" and "dpo + nll" in by_name:
+            shown = f"dpo + nll: {cell(by_name['dpo + nll']['metrics']['gold_reward'], 2)}"
+        lines.append(f"| `{name}` | `loss: {name}` | {spec.paper} | {REFERENCE_WORDS[spec.reference]} "
+                     f"| {spec.data_kind} | done | {shown or '–'} |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, marker: str, body: str) -> str:
+    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{body.strip()}\n{end}{tail}"
+
+
+def update_readme(rows: list[dict]) -> None:
+    readme = HERE.parents[1] / "README.md"
+    text = replace_block(readme.read_text(), "league", table(rows))
+    text = replace_block(text, "methods", "| objective | config | paper | needs reference | data | "
+                         "status | gym gold reward |\n|---|---|---|---|---|---|---|\n"
+                         + readme_rows(rows))
+    readme.write_text(text)
 
 
 if __name__ == "__main__":

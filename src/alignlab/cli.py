@@ -124,14 +124,23 @@ def run_recipe_command(recipe: Path = typer.Argument(..., help="Recipe YAML."),
 
 @app.command()
 def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out",
-                                        help="Folder for every stage of the quickstart.")) -> None:
+                                        help="Folder for every stage of the quickstart."),
+               pretrain_steps: Optional[int] = typer.Option(
+                   None, help="Pretrain the gym's base model for this many steps instead of the "
+                              "recipe's time budget (same base model on any machine).")) -> None:
     """Gym → SFT → reward model → DPO → evaluation of base, SFT and DPO, with a report."""
-    from alignlab.recipe import load_recipe, run_recipe
+    from alignlab.config import read_yaml
+    from alignlab.recipe import build_recipe, run_recipe
 
     start = time.time()
     recipe = resources.files("alignlab") / "resources" / "quickstart.yaml"
     with resources.as_file(recipe) as path:
-        stages = load_recipe(path, [f"out={out}"])
+        raw = read_yaml(path)
+    raw["out"] = str(out)
+    if pretrain_steps is not None:
+        gym = next(stage for stage in raw["stages"] if stage["stage"] == "gym")
+        gym["pretrain_steps"] = pretrain_steps
+    stages = build_recipe(raw, source="quickstart")
     run_recipe(stages, log=typer.echo)
     typer.echo(f"quickstart finished in {time.time() - start:.0f} s; report: {out / 'report' / 'report.md'}")
 
