@@ -88,15 +88,18 @@ def cell(stat: dict, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['se']:.{digits}f}"
 
 
-def step_seconds(rows: list[dict], every: int) -> tuple[float, float]:
-    """Mean ± se of seconds per optimiser step, from the logged times ``every`` steps apart."""
-    times = [r["time"] for r in rows if "loss" in r]
-    gaps = [(b - a) / every for a, b in zip(times, times[1:])]
-    if len(gaps) < 2:
+def step_gaps(rows: list[dict], every: int) -> list[float]:
+    """Seconds per optimiser step between consecutive logged rows (logged ``every`` steps apart)."""
+    times = [r["time"] for r in rows]
+    return [(b - a) / every for a, b in zip(times, times[1:])]
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
         return float("nan"), float("nan")
-    mean = sum(gaps) / len(gaps)
-    var = sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1)
-    return mean, math.sqrt(var / len(gaps))
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -111,15 +114,18 @@ def collect(out: Path) -> list[dict]:
         if not metrics_file.is_file():
             continue
         metrics = json.loads(metrics_file.read_text())
-        train_rows = read_jsonl(out / key / "metrics.jsonl") if loss else []
+        runs = [out / key] if loss else []
         if loss and (out / key / "sdpo-1").is_dir():
-            train_rows = sum((read_jsonl(p / "metrics.jsonl") for p in sorted(
-                (out / key).glob("sdpo-*"))), [])
-        logged = [r for r in train_rows if "time" in r and "loss" in r]
-        ref = next((r["reference_seconds"] for r in train_rows if "reference_seconds" in r), 0.0)
-        per_step = step_seconds(logged, TRAIN["log_every"])
+            runs = sorted((out / key).glob("sdpo-*"))
+        parts = [[r for r in read_jsonl(p / "metrics.jsonl") if "time" in r and "loss" in r]
+                 for p in runs]
+        gaps = [g for part in parts for g in step_gaps(part, TRAIN["log_every"])]
+        per_step = mean_se(gaps)
+        wall = sum(part[-1]["time"] for part in parts if part)
+        ref = sum(r.get("reference_seconds", 0.0) for p in runs
+                  for r in read_jsonl(p / "metrics.jsonl"))
         rows.append({"name": name, "loss": loss, "data": data, "batch": batch,
-                     "metrics": metrics, "train_seconds": logged[-1]["time"] if logged else 0.0,
+                     "metrics": metrics, "train_seconds": wall,
                      "reference_seconds": ref, "step_seconds": per_step})
     return rows
 
