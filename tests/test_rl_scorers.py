@@ -1,0 +1,35 @@
+"""Scorers: functions, the gym's gold reward, weighted sums, and the reward model interface."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from alignlab.data.records import Message
+from alignlab.rl.scorers import FunctionScorer, WeightedScorer, gym_gold_scorer
+
+PROMPTS = [(Message("user", "hi"),), (Message("user", "2+2?"),)]
+
+
+def test_function_scorer_scores_each_pair():
+    scorer = FunctionScorer(lambda prompt, text: len(text) + len(prompt[0].content), "chars")
+    assert scorer.score(PROMPTS, ["abc", "4"]) == [5.0, 5.0]  # 3 + 2, 1 + 4
+    with pytest.raises(ValueError, match="2 prompts but 1 completions"):
+        scorer.score(PROMPTS, ["x"])
+
+
+def test_gym_gold_scorer_reads_the_gold_reward():
+    fake_gym = SimpleNamespace(score=lambda prompt, text: SimpleNamespace(reward=-1.0 if "!" in text
+                                                                          else 0.5))
+    assert gym_gold_scorer(fake_gym).score(PROMPTS, ["fine", "no!"]) == [0.5, -1.0]
+
+
+def test_weighted_scorer_sums_parts_and_keeps_them():
+    length = FunctionScorer(lambda p, t: len(t), "length")
+    polite = FunctionScorer(lambda p, t: 1.0 if "please" in t else 0.0, "polite")
+    scorer = WeightedScorer([(0.5, length), (2.0, polite)])
+    # "please" -> 0.5*6 + 2*1 = 5.0; "no" -> 0.5*2 + 0 = 1.0
+    assert scorer.score(PROMPTS, ["please", "no"]) == [5.0, 1.0]
+    assert scorer.last_parts == {"length": [6.0, 2.0], "polite": [1.0, 0.0]}
+    with pytest.raises(ValueError, match="names must differ"):
+        WeightedScorer([(1.0, length), (1.0, length)])
+
