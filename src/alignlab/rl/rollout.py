@@ -1,0 +1,100 @@
+"""Rollouts: sample k completions per prompt, encode them as training sequences, score them, and
+record the policy's and the reference's token log-probs at sampling time.
+
+The sequences are built here from the prompt's ids (``data.tokenize.encode_prompt``, the encoding
+training uses) and each sample's token ids, plus eos when the sample ended on eos, so the log-probs
+recorded now (``old_logp``) and those recomputed during the update are over exactly the same tokens.
+``old_logp`` comes from a no-grad forward of the policy on these sequences, not from the generator's
+internal scores, which would differ with temperature/top-p and sampling-kernel numerics.
+
+Layout: group-major, rows ``[g*k:(g+1)*k]`` are the k samples of prompt g. Token tensors are in the
+shifted frame ``[N, L-1]`` (position t predicts token t+1); ``mask`` is 1 on response tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from alignlab.config import GenerationSettings
+from alignlab.data.collate import pad_encoded
+from alignlab.data.records import Messages
+from alignlab.data.tokenize import Encoded, encode_prompt
+from alignlab.generation.base import Sample
+from alignlab.models.logprobs import token_logprobs
+from alignlab.models.reference import adapter_disabled, eval_mode
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled experience (group-major, k samples per prompt)."""
+
+    prompts: list[Messages]
+    samples: list[Sample]
+    batch: dict[str, torch.Tensor]
+    scores: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor | None
+    k: int
+
+    @property
+    def texts(self) -> list[str]:
+        return [sample.text for sample in self.samples]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``[N, L-1]`` float, 1 on response tokens (the shifted loss mask)."""
+        return self.batch["loss_mask"][:, 1:].float()
+
+
+def encode_samples(tokenizer, prompts: Sequence[Messages], samples: Sequence[Sequence[Sample]],
+                   max_prompt_length: int) -> tuple[list[Encoded], list[Messages], list[Sample]]:
+    """Prompt ids + response ids (+ eos when the sample stopped on eos), group-major."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    rows, row_prompts, flat = [], [], []
+    for prompt, group in zip(prompts, samples):
+        head = encode_prompt(tokenizer, prompt, max_prompt_length)
+        for sample in group:
+            tail = list(sample.token_ids) + ([eos] if sample.stop_reason == "eos" and eos is not None
+                                             else [])
+            rows.append(Encoded(head + tail, [0] * len(head) + [1] * len(tail)))
+            row_prompts.append(prompt)
+            flat.append(sample)
+    return rows, row_prompts, flat
+
+
+@torch.no_grad()
+def sequence_token_logprobs(model, batch: dict, disable_adapter: bool = False) -> torch.Tensor:
+    """``[N, L-1]`` token log-probs on response positions (0 elsewhere), eval mode, no grad."""
+    args = (batch["input_ids"], batch["attention_mask"])
+    mask = batch["loss_mask"][:, 1:]
+    if disable_adapter:
+        with adapter_disabled(model), eval_mode(model):
+            return token_logprobs(model, *args, target_mask=mask)
+    with eval_mode(model):
+        return token_logprobs(model, *args, target_mask=mask)
+
+
+def collect_rollout(policy, tokenizer, generator, prompts: Sequence[Messages],
+                    settings: GenerationSettings, scorer, max_prompt_length: int,
+                    reference=None, reference_is_adapter_base: bool = False) -> Rollout:
+    """Sample ``settings.num_samples`` completions per prompt, score them, record log-probs.
+
+    ``reference``: a frozen model, or None with ``reference_is_adapter_base`` (the LoRA policy with
+    its adapter disabled), or None for no reference log-probs (reference-free objectives).
+    """
+    samples = generator.generate(list(prompts), settings)
+    rows, row_prompts, flat = encode_samples(tokenizer, prompts, samples, max_prompt_length)
+    device = next(policy.parameters()).device
+    batch = {k: v.to(device) for k, v in pad_encoded(rows, tokenizer.pad_token_id).items()}
+    texts = [s.text for s in flat]
+    scores = torch.tensor(scorer.score(row_prompts, texts), dtype=torch.float32)
+    old_logp = sequence_token_logprobs(policy, batch)
+    ref_logp = None
+    if reference is not None:
+        ref_logp = sequence_token_logprobs(reference, batch)
+    elif reference_is_adapter_base:
+        ref_logp = sequence_token_logprobs(policy, batch, disable_adapter=True)
+    return Rollout(row_prompts, flat, batch, scores, old_logp, ref_logp, settings.num_samples)
