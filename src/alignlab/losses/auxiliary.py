@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from alignlab.losses.inputs import LossResult, PairInputs
 from alignlab.losses.registry import LossParams, objective
 

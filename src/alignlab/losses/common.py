@@ -65,3 +65,11 @@ def log_odds(mean_logps: torch.Tensor) -> torch.Tensor:
     """
     x = mean_logps.clamp(max=MAX_MEAN_LOGP)
     return x - torch.log(-torch.expm1(x))
+
+
+def reward_metrics(chosen_reward, rejected_reward, labels) -> dict:
+    """The per-pair ``rewards/*`` metrics every pairwise loss reports (detached): the implicit
+    rewards of chosen and rejected, their margin, and whether the margin agrees with the label."""
+    margin = (chosen_reward - rejected_reward).detach()
+    return {"rewards/chosen": chosen_reward.detach(), "rewards/rejected": rejected_reward.detach(),
+            "rewards/margin": margin, "rewards/accuracy": pairwise_accuracy(margin, labels)}

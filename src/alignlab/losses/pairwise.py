@@ -27,6 +27,7 @@ from alignlab.losses.common import (
     default_labels,
     mix_orientations,
     pairwise_accuracy,
+    reward_metrics,
     soft_label_logistic,
 )
 from alignlab.losses.inputs import LossResult, PairInputs, SeqStats
@@ -42,13 +43,6 @@ class BetaParams(LossParams):
 def implicit_rewards(inputs: PairInputs, beta: float):
     """``(beta * log-ratio of chosen, beta * log-ratio of rejected)``, each [B]."""
     return beta * inputs.chosen.log_ratio, beta * inputs.rejected.log_ratio
-
-
-def reward_metrics(chosen_reward, rejected_reward, labels) -> dict:
-    """The per-pair metrics every reference-based pairwise loss reports (detached)."""
-    margin = (chosen_reward - rejected_reward).detach()
-    return {"rewards/chosen": chosen_reward.detach(), "rewards/rejected": rejected_reward.detach(),
-            "rewards/margin": margin, "rewards/accuracy": pairwise_accuracy(margin, labels)}
 
 
 def neg_log_sigmoid(x: Tensor) -> Tensor:

@@ -13,16 +13,15 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from alignlab.losses.common import default_labels, log_odds, mix_orientations, pairwise_accuracy
+from alignlab.losses.common import (
+    default_labels,
+    log_odds,
+    mix_orientations,
+    pairwise_accuracy,
+    reward_metrics,
+)
 from alignlab.losses.inputs import LossResult, PairInputs
 from alignlab.losses.registry import LossParams, objective
-
-
-def policy_reward_metrics(chosen_reward, rejected_reward, labels) -> dict:
-    """``rewards/*`` metrics for a reference-free implicit reward (detached)."""
-    margin = (chosen_reward - rejected_reward).detach()
-    return {"rewards/chosen": chosen_reward.detach(), "rewards/rejected": rejected_reward.detach(),
-            "rewards/margin": margin, "rewards/accuracy": pairwise_accuracy(margin, labels)}
 
 
 class SimPOParams(LossParams):
@@ -50,7 +49,7 @@ def simpo(inputs: PairInputs, params: SimPOParams) -> LossResult:
     margin = chosen - rejected
     losses = mix_orientations(F.softplus(-(margin - params.gamma)),
                               F.softplus(-(-margin - params.gamma)), labels)
-    return losses, policy_reward_metrics(chosen, rejected, labels)
+    return losses, reward_metrics(chosen, rejected, labels)
 
 
 class CPOParams(LossParams):
@@ -80,7 +79,7 @@ def cpo(inputs: PairInputs, params: CPOParams) -> LossResult:
     prefer = mix_orientations(F.softplus(-margin), F.softplus(margin), labels)
     nll = mix_orientations(-c.mean_logps, -r.mean_logps, labels)
     losses = prefer + params.nll_weight * nll
-    metrics = policy_reward_metrics(chosen, rejected, labels)
+    metrics = reward_metrics(chosen, rejected, labels)
     metrics.update({"cpo/prefer": prefer.detach(), "nll/chosen": (-c.mean_logps).detach()})
     return losses, metrics
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from alignlab.losses.common import default_labels, pairwise_accuracy
+from alignlab.losses.common import default_labels, reward_metrics
 from alignlab.losses.inputs import LossResult, PairInputs, SeqStats
 from alignlab.losses.registry import LossParams, objective
 
@@ -107,8 +107,6 @@ def tdpo(inputs: PairInputs, params: TDPOParams) -> LossResult:
     if bool((labels < 1).any()):
         backward = -u - alpha * kl_gap(rejected_kl, chosen_kl, beta, params.variant)
         losses = losses - (1 - labels) * F.logsigmoid(backward)
-    margin = u.detach()
-    metrics = {"rewards/chosen": chosen_reward.detach(), "rewards/rejected": rejected_reward.detach(),
-               "rewards/margin": margin, "rewards/accuracy": pairwise_accuracy(margin, labels),
+    metrics = {**reward_metrics(chosen_reward, rejected_reward, labels),
                "kl/chosen": chosen_kl.detach(), "kl/rejected": rejected_kl.detach()}
     return losses, metrics

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from alignlab.models.logprobs import last_token_index as last_real_index
+
 GRPO_SCALES = ("std", "none")
 
 
@@ -125,7 +127,7 @@ def expand_to_tokens(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of each row's last real response token (``[B]`` long) for a right-padded mask."""
     _check_response_mask(mask)
-    return (mask > 0).long().sum(dim=1) - 1
+    return last_real_index(mask)
 
 
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,

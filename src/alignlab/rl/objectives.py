@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 
+from alignlab.rl.kl import kl_estimate
+
 REDUCTIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 """Names accepted by the ``reduction`` argument of every loss in this module."""
 
@@ -169,17 +171,6 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     return aggregate(per_token, mask, reduction, norm_length), metrics
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(pi_theta || pi_ref): exp(ref - logp) - (ref - logp) - 1.
-
-    DeepSeekMath (Shao et al. 2024) eq. 4; Schulman (2020), "Approximating KL divergence". It is
-    >= 0 for every token, 0 exactly when logp == ref_logp, and unbiased when tokens are sampled
-    from pi_theta. Elementwise, no mask (callers mask).
-    """
-    delta = ref_logp - logp
-    return torch.exp(delta) - delta - 1
-
-
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2,
               beta: float = 0.04, reduction: str = "seq_mean_token_mean",
@@ -188,7 +179,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     """GRPO objective (Shao et al. 2024, "DeepSeekMath", eq. 3), as a loss to minimise.
 
     Per real token, with r = exp(logp - old_logp), A the (group-normalised, caller-computed)
-    advantage of the token's response and k3 from :func:`k3_kl` (eq. 4):
+    advantage of the token's response and k3 from :func:`alignlab.rl.kl.kl_estimate` (eq. 4):
 
         l_t = -min(r A, clip(r, 1 - clip_eps, 1 + clip_eps_high) A) + beta * k3(logp, ref_logp)
 
@@ -212,7 +203,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
                       mask=mask)
     per_token, metrics = _clipped_surrogate(logp, old_logp, advantages, mask, clip_eps, clip_eps_high)
     if ref_logp is not None:
-        kl = k3_kl(_fill_padding(logp, mask), _fill_padding(ref_logp.detach(), mask))
+        kl = kl_estimate(_fill_padding(logp, mask), _fill_padding(ref_logp.detach(), mask), "k3")
         if beta > 0:
             per_token = per_token + beta * kl
         metrics["kl"] = _masked_token_mean(kl.detach(), mask)

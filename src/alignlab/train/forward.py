@@ -37,7 +37,3 @@ class RewardModule(torch.nn.Module):
         return reward_scores(self.model, batch["input_ids"], batch["attention_mask"],
                              batch.get("position_ids"))
 
-
-def masked_sequence_sum(token_logps: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """``[B]`` sum of token log-probs over target tokens (``loss_mask`` unshifted, [B, T])."""
-    return (token_logps * loss_mask[:, 1:].to(token_logps.dtype)).sum(-1)

@@ -43,7 +43,7 @@ class Objective:
     def reference(self) -> str:
         """``online`` if any term needs it, else ``cached`` if any needs a reference, else ``none``."""
         modes = {spec.reference for spec in self.specs}
-        return next(mode for mode in ("online", "cached", "none") if mode in modes or mode == "none")
+        return next((mode for mode in ("online", "cached") if mode in modes), "none")
 
     def topk(self) -> int:
         """The largest ``k`` parameter among terms that need top-k candidates (0 if none)."""

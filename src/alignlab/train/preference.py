@@ -24,6 +24,7 @@ run resumes inside the chunk it was training.
 from __future__ import annotations
 
 import gc
+import itertools
 import shutil
 import time
 from functools import partial
@@ -40,11 +41,23 @@ from alignlab.runs import RunFolder
 from alignlab.train.common import report_data, save_final, sharded_map, start_stage
 from alignlab.train.loop import main_log, make_accelerator, train_loop
 from alignlab.train.objective import Objective
-from alignlab.train.pref_examples import (Example, collate_examples, encode_binary, encode_pairs,
-                                          encode_ranked, slot_major_rows)
+from alignlab.train.pref_examples import (
+    Example,
+    collate_examples,
+    encode_binary,
+    encode_pairs,
+    encode_ranked,
+    slot_major_rows,
+)
 from alignlab.train.pref_forward import PreferenceModule, objective_inputs, row_stats
-from alignlab.train.reference_cache import (ReferenceCache, cache_key, data_digest,
-                                            model_fingerprint, resolve_cache_dir)
+from alignlab.train.reference_cache import (
+    ReferenceCache,
+    cache_key,
+    cached_reference,
+    data_digest,
+    model_fingerprint,
+    resolve_cache_dir,
+)
 
 SDPO_DONE = "DONE"
 
@@ -92,8 +105,8 @@ def reference_rows(model, examples: list[Example], pad_id: int, disable_adapter:
 class LazyReference:
     """Loads the reference model on first use (a fully cached run never loads it)."""
 
-    def __init__(self, settings: ModelSettings, policy, lora: bool, tokenizer):
-        self.settings, self.policy, self.lora, self.tokenizer = settings, policy, lora, tokenizer
+    def __init__(self, settings: ModelSettings, policy, tokenizer):
+        self.settings, self.policy, self.tokenizer = settings, policy, tokenizer
         self.model = None
 
     def get(self):
@@ -115,7 +128,7 @@ def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, examples: list[
                      ref_settings: ModelSettings, policy, tokenizer) -> list[Example]:
     """Examples with cached reference log-probs (computed where the cache has none)."""
     adapter_base = policy is not None and cfg.model.lora is not None
-    lazy = LazyReference(ref_settings, policy, adapter_base, tokenizer)
+    lazy = LazyReference(ref_settings, policy, tokenizer)
     batch_size = cfg.train.batch_size
 
     def compute(block: list[Example]) -> torch.Tensor:
@@ -128,7 +141,9 @@ def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, examples: list[
     key = cache_key(fingerprint, data_digest(examples))
     cache = ReferenceCache(resolve_cache_dir(cfg.reference_cache), key)
     start = time.time()
-    out = cached_or_computed(examples, cache, fingerprint, compute, acc, run)
+    out = cached_reference(examples, cache, {"model": fingerprint, "examples": len(examples)},
+                           compute, acc.is_main_process, acc.wait_for_everyone,
+                           lambda msg: main_log(acc, run, msg))
     lazy.release()
     source = "ref_model" if policy is None else (
         "policy with adapter disabled" if adapter_base else "starting policy")
@@ -137,14 +152,6 @@ def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, examples: list[
     if acc.is_main_process:
         run.log_metrics({"reference_seconds": time.time() - start}, step=0)
     return out
-
-
-def cached_or_computed(examples, cache, fingerprint, compute, acc, run):
-    from alignlab.train.reference_cache import cached_reference
-
-    return cached_reference(examples, cache, {"model": fingerprint, "examples": len(examples)},
-                            compute, acc.is_main_process, acc.wait_for_everyone,
-                            lambda msg: main_log(acc, run, msg))
 
 
 # ----------------------------------------------------------------------------- training
@@ -178,25 +185,25 @@ def online_reference(cfg: PreferenceConfig, objective: Objective, policy):
 
 
 def train_chunk(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
-                model_settings: ModelSettings, examples: list[Example], ref_settings: ModelSettings):
-    """Reference pass (if any), then training on ``examples``; returns (policy, tokenizer)."""
-    tokenizer = policy_tokenizer(model_settings)
+                model_settings: ModelSettings, examples: list[Example], ref_settings: ModelSettings,
+                tokenizer):
+    """Reference pass (if any), then training on ``examples``; returns the trained policy."""
     policy = None
     if objective.reference == "cached":
         if ref_settings is model_settings:
-            policy, tokenizer = load_causal_lm(model_settings)
+            policy, _ = load_causal_lm(model_settings)
         examples = attach_reference(cfg, acc, run, examples, ref_settings, policy, tokenizer)
     elif objective.reference == "none":
         main_log(acc, run, "reference-free objective: no reference model is loaded")
     if policy is None:
-        policy, tokenizer = load_causal_lm(model_settings)
+        policy, _ = load_causal_lm(model_settings)
     reference = online_reference(cfg, objective, policy)
     module = PreferenceModule(policy, objective.needs, objective.topk(), reference)
     collate = partial(collate_examples, pad_id=tokenizer.pad_token_id)
     step = partial(preference_step, objective=objective)
     acc.register_for_checkpointing(objective)
     result = train_loop(module, examples, collate, step, count_examples, cfg.train, run, acc)
-    return result.model.model, tokenizer
+    return result.model.model
 
 
 def run_preference(cfg: PreferenceConfig, run: RunFolder) -> Path:
@@ -207,9 +214,9 @@ def run_preference(cfg: PreferenceConfig, run: RunFolder) -> Path:
     tokenizer = policy_tokenizer(cfg.model)
     examples = load_examples(cfg, objective, acc, run, tokenizer)
     if cfg.sdpo is not None:
-        return run_sdpo(cfg, run, objective, acc, examples)
+        return run_sdpo(cfg, run, objective, acc, examples, tokenizer)
     ref_settings = cfg.ref_model or cfg.model
-    policy, tokenizer = train_chunk(cfg, run, objective, acc, cfg.model, examples, ref_settings)
+    policy = train_chunk(cfg, run, objective, acc, cfg.model, examples, ref_settings, tokenizer)
     return save_final(acc, run, policy, tokenizer)
 
 
@@ -221,11 +228,11 @@ def sdpo_chunks(examples: list[Example], stages: int) -> list[list[Example]]:
     if len(examples) < stages:
         raise ValueError(f"sdpo.stages={stages} but the data has only {len(examples)} examples")
     bounds = [round(i * len(examples) / stages) for i in range(stages + 1)]
-    return [examples[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [examples[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def run_sdpo(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
-             examples: list[Example]) -> Path:
+             examples: list[Example], tokenizer) -> Path:
     """Train chunk by chunk; chunk k starts from, and is referenced to, chunk k-1's saved model."""
     settings = cfg.model
     for k, chunk in enumerate(sdpo_chunks(examples, cfg.sdpo.stages), start=1):
@@ -234,8 +241,7 @@ def run_sdpo(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
             main_log(acc, run, f"sDPO stage {k}/{cfg.sdpo.stages}: {len(chunk)} examples from "
                                f"{settings.path}")
             stage_acc = acc if k == 1 else make_accelerator()
-            policy, tokenizer = train_chunk(cfg, sub, objective, stage_acc, settings, chunk,
-                                            settings)
+            policy = train_chunk(cfg, sub, objective, stage_acc, settings, chunk, settings, tokenizer)
             save_final(stage_acc, sub, policy, tokenizer)
             if stage_acc.is_main_process:
                 (sub.path / SDPO_DONE).write_text("ok\n")
