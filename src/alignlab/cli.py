@@ -4,6 +4,7 @@
     alignlab sft  --config sft.yaml  [key.sub=value ...]
     alignlab rm   --config rm.yaml   [key.sub=value ...]
     alignlab dpo  --config dpo.yaml  [key.sub=value ...]   (alias: alignlab preference)
+    alignlab online --config online.yaml [key.sub=value ...] (ppo, rloo, grpo, reinforce_pp, online_dpo)
     alignlab losses                                       (the registered objectives)
     alignlab eval --config eval.yaml [key.sub=value ...]
     alignlab run recipe.yaml [key.sub=value ...]
@@ -74,6 +75,12 @@ def preference(config: Optional[Path] = CONFIG_OPT,
                overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
     """Offline preference optimisation with any registered objective (same stage as ``dpo``)."""
     _run_stage_command("preference", config, overrides)
+
+
+@app.command()
+def online(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Online RL from feedback: ppo, rloo, grpo, reinforce_pp or online_dpo (``algorithm``)."""
+    _run_stage_command("online", config, overrides)
 
 
 @app.command()

@@ -151,6 +151,13 @@ class LossTerm(BaseModel):
         return dict(self.model_extra or {})
 
 
+def loss_term_list(value):
+    """``loss:`` may be one name, one mapping or a list of either; always a list of mappings."""
+    if isinstance(value, (dict, str)):
+        value = [value]
+    return [{"name": v} if isinstance(v, str) else v for v in value]
+
+
 class SDPOSettings(StrictModel):
     """sDPO (Kim et al. 2024): train on ``stages`` consecutive chunks of the data; each chunk's
     reference is the model that finished the previous chunk."""
@@ -180,9 +187,7 @@ class PreferenceConfig(StrictModel):
     @field_validator("loss", mode="before")
     @classmethod
     def _one_or_many(cls, value):
-        if isinstance(value, (dict, str)):
-            value = [value]
-        return [{"name": v} if isinstance(v, str) else v for v in value]
+        return loss_term_list(value)
 
     @model_validator(mode="after")
     def _check_combination(self) -> "PreferenceConfig":
@@ -202,6 +207,115 @@ class PreferenceConfig(StrictModel):
 
 
 DPOConfig = PreferenceConfig
+
+
+class ScorerSettings(StrictModel):
+    """One reward source of the online stage; several are summed with their ``weight``.
+
+    ``kind``: ``reward_model`` (``path``: a reward-model folder), ``gym_gold`` (``gym``: a gym folder;
+    the gym's true reward), ``function`` (``function``: ``"module:callable"`` taking (prompt messages,
+    completion text) and returning a float) or ``self_judge`` (the live policy asked ``template``
+    and scored by the probability it gives to ``yes`` over ``no``; Yuan et al. 2024, "Self-Rewarding
+    Language Models", as a pointwise judge).
+    """
+
+    kind: Literal["reward_model", "gym_gold", "function", "self_judge"]
+    weight: float = 1.0
+    name: str | None = None
+    path: str | None = None
+    gym: str | None = None
+    function: str | None = None
+    template: str | None = None
+    batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "ScorerSettings":
+        needed = {"reward_model": "path", "gym_gold": "gym", "function": "function"}.get(self.kind)
+        if needed and getattr(self, needed) is None:
+            raise ValueError(f"reward kind {self.kind!r} needs {needed!r}")
+        if self.kind == "function" and ":" not in (self.function or ""):
+            raise ValueError(f"function must be 'module:callable', got {self.function!r}")
+        return self
+
+
+class RLSettings(StrictModel):
+    """Knobs of the online algorithms (see ``alignlab.rl.algorithms`` for which one reads what).
+
+    KL: ``kl_coef`` is beta (fixed), or the starting beta of the adaptive controller when
+    ``kl_target`` is set (Ziegler et al. 2019). PPO, RLOO and REINFORCE++ put the KL in the reward;
+    GRPO puts the k3 estimate in the loss. ``ref_sync_every`` > 0 replaces the reference by the
+    current policy every that many iterations (iterative methods); 0 keeps the starting model.
+    ``whiten_advantages`` None means the algorithm's default (on for PPO, off for the others).
+    ``minibatch_size`` and ``micro_batch_size`` count sequences (pairs for online DPO); None: one
+    minibatch / no split.
+    """
+
+    ppo_epochs: int = Field(1, ge=1)
+    minibatch_size: int | None = Field(None, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    clip_eps: float = Field(0.2, gt=0.0)
+    clip_eps_high: float | None = Field(None, gt=0.0)
+    kl_coef: float = Field(0.05, ge=0.0)
+    kl_target: float | None = Field(None, gt=0.0)
+    kl_horizon: float = Field(10000.0, gt=0.0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    whiten_advantages: bool | None = None
+    score_norm: Literal["none", "batch"] = "none"
+    reward_clip: float | None = Field(None, gt=0.0)
+    missing_eos_penalty: float | None = None
+    vf_coef: float = Field(0.1, ge=0.0)
+    value_clip: float | None = Field(0.2, gt=0.0)
+    critic_learning_rate: float | None = Field(None, gt=0.0)
+    grpo_scale: Literal["std", "none"] = "std"
+    reduction: Literal["auto", "token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "auto"
+    ptx_coef: float = Field(0.0, ge=0.0)
+    ref_sync_every: int = Field(0, ge=0)
+
+
+class OnlineConfig(StrictModel):
+    """Online RL from feedback: rollout -> score -> advantage -> update, one loop for every algorithm.
+
+    ``train.max_steps`` counts iterations (one rollout each; default: one pass over the prompts);
+    ``train.batch_size`` is prompts per iteration per process, each sampled
+    ``generation.num_samples`` times. ``loss`` is the preference objective of ``online_dpo``.
+    ``ptx_data`` is the pretraining/SFT data of PPO-ptx (with ``rl.ptx_coef`` > 0).
+    """
+
+    stage: Literal["online"] = "online"
+    algorithm: Literal["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo"]
+    model: ModelSettings
+    ref_model: ModelSettings | None = None
+    critic: ModelSettings | None = None
+    prompts: DataSettings
+    reward: list[ScorerSettings] = Field(min_length=1)
+    monitor: list[ScorerSettings] = Field(default_factory=list)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    backend: Literal["hf", "vllm"] = "hf"
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    rl: RLSettings = Field(default_factory=RLSettings)
+    loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="dpo", beta=0.1)],
+                                 min_length=1)
+    ptx_data: DataSettings | None = None
+    out: str
+
+    @field_validator("reward", "monitor", mode="before")
+    @classmethod
+    def _one_or_many_scorers(cls, value):
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _one_or_many_losses(cls, value):
+        return loss_term_list(value)
+
+    @model_validator(mode="after")
+    def _check_algorithm(self) -> "OnlineConfig":
+        from alignlab.rl.algorithms import check_config
+
+        check_config(self)
+        return self
 
 
 class EvalConfig(StrictModel):
@@ -244,6 +358,7 @@ STAGE_CONFIGS: dict[str, type[StrictModel]] = {
     "rm": RMConfig,
     "dpo": PreferenceConfig,
     "preference": PreferenceConfig,
+    "online": OnlineConfig,
     "eval": EvalConfig,
     "gym": GymBuildConfig,
     "report": ReportConfig,

@@ -19,7 +19,7 @@ DONE_MARKER = "DONE"
 def stage_output(cfg: BaseModel) -> Path:
     """Where a stage's output will be, known before it runs (recipes link stages through this)."""
     out = Path(cfg.out)
-    if cfg.stage in ("sft", "rm", "dpo", "preference"):
+    if cfg.stage in ("sft", "rm", "dpo", "preference", "online"):
         return out / "model"
     return out
 
@@ -50,6 +50,9 @@ def _runner(stage: str):
     if stage in ("dpo", "preference"):
         from alignlab.train.preference import run_preference
         return run_preference
+    if stage == "online":
+        from alignlab.rl.trainer import run_online
+        return run_online
     if stage == "eval":
         from alignlab.eval.run import run_eval
         return run_eval

@@ -27,6 +27,7 @@ class RewardJudge:
     max_length: int = 512
     max_prompt_length: int = 256
     batch_size: int = 16
+    name: str = "reward_model"
 
     def score(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]:
         """The RM score of each (prompt, completion) pair; batched by length, no gradients."""

@@ -9,7 +9,7 @@ import importlib
 
 _LAZY = {
     "Sample": "base", "Generator": "base",
-    "HFGenerator": "hf",
+    "HFGenerator": "hf", "VLLMGenerator": "vllm",
     "make_generator": "factory", "GenerationBackendError": "factory",
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,3 +32,29 @@ class Generator(Protocol):
                  settings: GenerationSettings) -> list[list[Sample]]:
         """``settings.num_samples`` samples per prompt, in prompt order."""
         ...
+
+
+def prefix_within(decode: Callable[[list[int]], str], ids: list[int], n_chars: int) -> list[int]:
+    """The longest prefix of ``ids`` whose decoded text is at most ``n_chars`` long."""
+    keep = 0
+    for k in range(1, len(ids) + 1):
+        if len(decode(ids[:k])) > n_chars:
+            break
+        keep = k
+    return ids[:keep]
+
+
+def cut_at_stop(decode: Callable[[list[int]], str], ids: list[int], reason: str,
+                stops: Sequence[str], fallback_cut: int | None = None) -> Sample:
+    """A Sample cut before the earliest stop string, ids trimmed to decode to exactly the text.
+
+    ``fallback_cut`` is the character position to cut at when the backend reports a stop string
+    that the decoded text does not show; without a cut the sample keeps ``reason``."""
+    text = decode(ids)
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    if cut < 0 and fallback_cut is not None:
+        cut = fallback_cut
+    if cut < 0:
+        return Sample(text, ids, reason)
+    ids = prefix_within(decode, ids, cut)
+    return Sample(decode(ids), ids, "stop")

@@ -21,7 +21,7 @@ import torch
 
 from alignlab.config import GenerationSettings
 from alignlab.data.records import Messages
-from alignlab.generation.base import Sample
+from alignlab.generation.base import Sample, cut_at_stop
 
 
 def _default_render() -> Callable:
@@ -110,21 +110,7 @@ class HFGenerator:
                 reason = "eos" if token in self.eos_ids else "stop"
                 ids = ids[:k]
                 break
-        text = self._decode(ids)
-        cut = min((text.find(s) for s in stops if s and s in text), default=-1)
-        if cut < 0:
-            return Sample(text, ids, reason)
-        ids = self._prefix_within(ids, cut)
-        return Sample(self._decode(ids), ids, "stop")
-
-    def _prefix_within(self, ids: list[int], n_chars: int) -> list[int]:
-        """The longest prefix of ``ids`` whose decoded text is at most ``n_chars`` long."""
-        keep = 0
-        for k in range(1, len(ids) + 1):
-            if len(self._decode(ids[:k])) > n_chars:
-                break
-            keep = k
-        return ids[:keep]
+        return cut_at_stop(self._decode, ids, reason, stops)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -2,7 +2,8 @@
 record the policy's and the reference's token log-probs at sampling time.
 
 The sequences are built here from the prompt's ids (``data.tokenize.encode_prompt``, the encoding
-training uses) and each sample's token ids, plus eos when the sample ended on eos, so the log-probs
+training uses) and each sample's token ids, plus eos when the sample ended on eos (a sample a stop
+string cut to nothing becomes eos alone, so every row has a response token), so the log-probs
 recorded now (``old_logp``) and those recomputed during the update are over exactly the same tokens.
 ``old_logp`` comes from a no-grad forward of the policy on these sequences, not from the generator's
 internal scores, which would differ with temperature/top-p and sampling-kernel numerics.
@@ -13,7 +14,9 @@ shifted frame ``[N, L-1]`` (position t predicts token t+1); ``mask`` is 1 on res
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +62,8 @@ def encode_samples(tokenizer, prompts: Sequence[Messages], samples: Sequence[Seq
         for sample in group:
             tail = list(sample.token_ids) + ([eos] if sample.stop_reason == "eos" and eos is not None
                                              else [])
+            if not tail and eos is not None:  # cut to nothing by a stop string: train it as eos
+                tail = [eos]
             rows.append(Encoded(head + tail, [0] * len(head) + [1] * len(tail)))
             row_prompts.append(prompt)
             flat.append(sample)
@@ -79,22 +84,44 @@ def sequence_token_logprobs(model, batch: dict, disable_adapter: bool = False) -
 
 def collect_rollout(policy, tokenizer, generator, prompts: Sequence[Messages],
                     settings: GenerationSettings, scorer, max_prompt_length: int,
-                    reference=None, reference_is_adapter_base: bool = False) -> Rollout:
+                    reference=None, reference_is_adapter_base: bool = False,
+                    timings: dict[str, float] | None = None) -> Rollout:
     """Sample ``settings.num_samples`` completions per prompt, score them, record log-probs.
 
     ``reference``: a frozen model, or None with ``reference_is_adapter_base`` (the LoRA policy with
     its adapter disabled), or None for no reference log-probs (reference-free objectives).
+    ``timings``, when given, receives the seconds spent in ``generate``, ``score`` and ``logprob``.
     """
-    samples = generator.generate(list(prompts), settings)
+    clock = _Clock(timings)
+    with clock("generate"):
+        samples = generator.generate(list(prompts), settings)
     rows, row_prompts, flat = encode_samples(tokenizer, prompts, samples, max_prompt_length)
     device = next(policy.parameters()).device
     batch = {k: v.to(device) for k, v in pad_encoded(rows, tokenizer.pad_token_id).items()}
-    texts = [s.text for s in flat]
-    scores = torch.tensor(scorer.score(row_prompts, texts), dtype=torch.float32)
-    old_logp = sequence_token_logprobs(policy, batch)
-    ref_logp = None
-    if reference is not None:
-        ref_logp = sequence_token_logprobs(reference, batch)
-    elif reference_is_adapter_base:
-        ref_logp = sequence_token_logprobs(policy, batch, disable_adapter=True)
-    return Rollout(row_prompts, flat, batch, scores, old_logp, ref_logp, settings.num_samples)
+    with clock("score"):
+        scores = torch.tensor(scorer.score(row_prompts, [s.text for s in flat]), dtype=torch.float32)
+    with clock("logprob"):
+        old_logp = sequence_token_logprobs(policy, batch)
+        ref_logp = None
+        if reference is not None:
+            ref_logp = sequence_token_logprobs(reference, batch)
+        elif reference_is_adapter_base:
+            ref_logp = sequence_token_logprobs(policy, batch, disable_adapter=True)
+    return Rollout(row_prompts, flat, batch, scores.to(device), old_logp, ref_logp,
+                   settings.num_samples)
+
+
+class _Clock:
+    """``with clock(name):`` adds the block's wall time to ``timings[name]`` (no-op for None)."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.timings is not None:
+                self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start

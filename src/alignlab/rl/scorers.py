@@ -76,3 +76,137 @@ class WeightedScorer:
             self.last_parts[scorer.name] = values
             total = [t + weight * v for t, v in zip(total, values)]
         return total
+
+
+# ----------------------------------------------------------------------------- self-judging
+
+DEFAULT_JUDGE_TEMPLATE = (
+    "Here is a request and a response.\n\nRequest: {prompt}\n\nResponse: {response}\n\n"
+    "Is the response helpful and harmless? Answer Yes or No.")
+
+
+def first_token_id(tokenizer, word: str) -> int:
+    """The id of the first token of ``word`` as it would start an answer (no special tokens)."""
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"self_judge: the tokenizer encodes {word!r} to no token")
+    return int(ids[0])
+
+
+@dataclass
+class SelfJudgeScorer:
+    """The policy as its own pointwise judge (Yuan et al. 2024, "Self-Rewarding Language Models").
+
+    For each (prompt, completion) the judge model reads ``template`` (with ``{prompt}`` and
+    ``{response}`` filled in) as a user turn and the score is
+
+        P(yes) / (P(yes) + P(no))
+
+    from the next-token distribution of ONE forward at the start of the assistant turn (no sampling),
+    reading the first token of ``yes`` and ``no``. Departure from the paper, which has the model
+    write a 5-point additive rubric score and parses it: reading option probabilities is cheaper
+    and deterministic (the RLAIF issue adds pairwise A/B labels in both orders). ``model`` is the
+    live policy, so the judge improves (or drifts) with it.
+    """
+
+    model: object
+    tokenizer: object
+    template: str = DEFAULT_JUDGE_TEMPLATE
+    yes: str = "Yes"
+    no: str = "No"
+    batch_size: int = 32
+    name: str = "self_judge"
+
+    def score(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]:
+        check_lengths(prompts, completions, self.name)
+        rows = [self._judge_ids(p, c) for p, c in zip(prompts, completions)]
+        scores: list[float] = []
+        for start in range(0, len(rows), self.batch_size):
+            scores += self._score_batch(rows[start:start + self.batch_size])
+        return scores
+
+    def _judge_ids(self, prompt: Messages, completion: str) -> list[int]:
+        from alignlab.data.records import Message
+        from alignlab.data.tokenize import prompt_ids, render_prompt
+
+        text = self.template.format(prompt=_prompt_text(prompt), response=completion)
+        return prompt_ids(self.tokenizer, render_prompt(self.tokenizer, (Message("user", text),)))
+
+    def _score_batch(self, rows: list[list[int]]) -> list[float]:
+        import torch
+
+        from alignlab.generation.hf import left_pad
+        from alignlab.models.reference import eval_mode
+
+        ids, attn = left_pad(rows, self.tokenizer.pad_token_id)
+        device = next(self.model.parameters()).device
+        options = [first_token_id(self.tokenizer, self.yes), first_token_id(self.tokenizer, self.no)]
+        with torch.no_grad(), eval_mode(self.model):
+            positions = (attn.long().cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=ids.to(device), attention_mask=attn.to(device),
+                                position_ids=positions.to(device)).logits[:, -1].float()
+        pair = torch.log_softmax(logits, -1)[:, options]
+        return torch.softmax(pair, -1)[:, 0].cpu().tolist()
+
+
+def _prompt_text(prompt: Messages) -> str:
+    """The conversation so far as plain text (the last user turn alone when there is one turn)."""
+    if len(prompt) == 1:
+        return prompt[0].content
+    return "\n".join(f"{m.role}: {m.content}" for m in prompt)
+
+
+# ----------------------------------------------------------------------------- from config
+
+
+def import_function(spec: str) -> Callable:
+    """``"package.module:callable"`` -> the callable (a clear error when either is missing)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"reward function {spec!r}: cannot import {module_name!r}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"reward function {spec!r}: {module_name} has no callable {attr!r}")
+    return fn
+
+
+def build_one_scorer(settings, policy=None, tokenizer=None, device=None):
+    """One scorer from a ``ScorerSettings`` (see :class:`alignlab.config.ScorerSettings`)."""
+    name = settings.name or settings.kind
+    if settings.kind == "gym_gold":
+        from alignlab.gym import load_gym
+
+        scorer = gym_gold_scorer(load_gym(settings.gym))
+        scorer.name = name
+        return scorer
+    if settings.kind == "function":
+        return FunctionScorer(import_function(settings.function), name)
+    if settings.kind == "self_judge":
+        if policy is None:
+            raise ValueError("reward kind 'self_judge' needs the policy model")
+        extra = {"template": settings.template} if settings.template else {}
+        return SelfJudgeScorer(policy, tokenizer, batch_size=settings.batch_size, name=name, **extra)
+    return reward_model_scorer(settings, device, name)
+
+
+def reward_model_scorer(settings, device, name: str):
+    """A trained reward model (``settings.path``) with the lengths it was trained with."""
+    from alignlab.config import ModelSettings
+    from alignlab.eval.winrate import RewardJudge, rm_lengths
+    from alignlab.models.loading import load_reward_model
+
+    model, rm_tokenizer = load_reward_model(ModelSettings(path=settings.path), for_training=False)
+    if device is not None:
+        model = model.to(device)
+    max_length, max_prompt = rm_lengths(settings.path)
+    return RewardJudge(model, rm_tokenizer, max_length, max_prompt, settings.batch_size, name)
+
+
+def build_scorer(settings_list, policy=None, tokenizer=None, device=None) -> WeightedScorer:
+    """The weighted sum of the configured scorers (``reward:`` or ``monitor:`` of the online stage)."""
+    parts = [(s.weight, build_one_scorer(s, policy, tokenizer, device)) for s in settings_list]
+    return WeightedScorer(parts)

@@ -1,0 +1,246 @@
+"""The online algorithms, each a named choice of reward shaping, advantage estimator and policy loss.
+
+One loop (:mod:`alignlab.rl.trainer`) runs them all. An algorithm supplies two functions:
+
+* ``prepare(exp, rl, beta)``: fills ``exp.kl``, ``exp.advantages`` (and ``exp.returns`` for PPO)
+  from the rollout's scores and log-probs; returns metrics. Called once per rollout.
+* ``loss(logp, exp, ctx)``: the policy loss of a minibatch given the current policy's response-frame
+  log-probs (with grad); returns ``(mean loss, metrics)``. Called for every minibatch and epoch.
+
+| name | advantage | KL to the reference | loss |
+|---|---|---|---|
+| ``ppo`` | GAE on per-token rewards with a critic | per token, in the reward | clipped surrogate + clipped value loss |
+| ``rloo`` | leave-one-out over the k samples | sequence KL, in the reward | clipped surrogate (REINFORCE when on-policy) |
+| ``grpo`` | group mean/std normalised | k3 estimate, in the loss | clipped surrogate + beta * k3 |
+| ``reinforce_pp`` | returns-to-go, whitened over the batch | per token, in the reward | clipped surrogate |
+| ``online_dpo`` | (pairs: best vs worst of the k samples) | inside the preference objective | any pair objective |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from alignlab.config import RLSettings
+from alignlab.losses.inputs import PairInputs, SeqStats
+from alignlab.rl import advantages as adv
+from alignlab.rl.experience import Experience
+from alignlab.rl.kl import kl_estimate
+from alignlab.rl.objectives import grpo_loss, ppo_policy_loss
+
+
+@dataclass
+class LossContext:
+    """What a minibatch loss needs besides the tensors: settings, beta, reduction, objective."""
+
+    rl: RLSettings
+    beta: float
+    reduction: str
+    norm_length: float
+    objective: Callable | None = None
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One online algorithm (see the module table)."""
+
+    name: str
+    paper: str
+    prepare: Callable[[Experience, RLSettings, float], dict[str, float]]
+    loss: Callable[[torch.Tensor, Experience, LossContext], tuple[torch.Tensor, dict]]
+    reduction: str = "token_mean"
+    needs_critic: bool = False
+    min_k: int = 1
+    unit_rows: int = 1
+    whiten_default: bool = False
+
+    def needs_reference(self, rl: RLSettings, objective=None) -> bool:
+        """Whether reference log-probs are needed: for the KL term, or the objective's reference."""
+        if self.name == "online_dpo":
+            return objective is not None and objective.reference != "none"
+        return rl.kl_coef > 0 or rl.kl_target is not None
+
+    def reduction_for(self, rl: RLSettings) -> str:
+        return self.reduction if rl.reduction == "auto" else rl.reduction
+
+    def whiten(self, rl: RLSettings) -> bool:
+        return self.whiten_default if rl.whiten_advantages is None else rl.whiten_advantages
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def token_kl(exp: Experience, rl: RLSettings) -> torch.Tensor:
+    """Per-token KL(policy || reference) estimate at sampling time (zeros without a reference)."""
+    if exp.ref_logp is None:
+        return torch.zeros_like(exp.old_logp)
+    return kl_estimate(exp.old_logp, exp.ref_logp, rl.kl_estimator) * exp.mask
+
+
+def _finish(exp: Experience, advantages: torch.Tensor, whiten: bool) -> dict[str, float]:
+    if whiten and exp.mask.sum() > 1:
+        advantages = adv.masked_whiten(advantages, exp.mask)
+    exp.advantages = advantages * exp.mask
+    return {"advantage_abs_mean": float(adv.masked_mean(exp.advantages.abs(), exp.mask))}
+
+
+def clipped_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
+    """PPO's clipped surrogate on the minibatch (Schulman et al. 2017, eq. 7)."""
+    return ppo_policy_loss(logp, exp.old_logp, exp.advantages, exp.mask, ctx.rl.clip_eps,
+                           ctx.rl.clip_eps_high, ctx.reduction, ctx.norm_length)
+
+
+# ----------------------------------------------------------------------------- PPO
+
+
+def prepare_ppo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+    """InstructGPT PPO (Ouyang et al. 2022; Ziegler et al. 2019): per-token reward
+    ``-beta * kl_t`` plus the score at the last token, then GAE(gamma, lam) with the critic's
+    values at sampling time; ``returns`` are the critic's targets."""
+    if exp.old_values is None:
+        raise ValueError("ppo needs critic values in the experience")
+    exp.kl = token_kl(exp, rl)
+    rewards = adv.token_rewards(exp.scores, exp.kl, exp.mask, beta)
+    advantages, exp.returns = adv.gae(rewards, exp.old_values, exp.mask, rl.gamma, rl.lam)
+    return _finish(exp, advantages, PPO.whiten(rl))
+
+
+# ----------------------------------------------------------------------------- RLOO
+
+
+def prepare_rloo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+    """RLOO (Ahmadian et al. 2024, "Back to Basics", eq. 6): sequence reward
+    r = score - beta * KL(sequence), advantage r_i - mean of the other k-1 rewards."""
+    exp.kl = token_kl(exp, rl)
+    rewards = exp.scores - beta * exp.kl.sum(1)
+    advantages = adv.expand_to_tokens(adv.rloo_advantages(rewards, exp.k), exp.mask)
+    return _finish(exp, advantages, RLOO.whiten(rl))
+
+
+# ----------------------------------------------------------------------------- GRPO
+
+
+def prepare_grpo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+    """GRPO outcome supervision (Shao et al. 2024, sec. 4.1.2): (r - mean) / std within each group;
+    the KL is not in the reward (it is the k3 term of the loss)."""
+    exp.kl = token_kl(exp, rl)
+    advantages = adv.expand_to_tokens(adv.grpo_advantages(exp.scores, exp.k, rl.grpo_scale),
+                                      exp.mask)
+    return _finish(exp, advantages, GRPO.whiten(rl))
+
+
+def grpo_minibatch_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
+    """GRPO's loss (eq. 3): clipped surrogate plus beta * k3(policy, reference) per token."""
+    return grpo_loss(logp, exp.old_logp, exp.ref_logp, exp.advantages, exp.mask, ctx.rl.clip_eps,
+                     ctx.beta, ctx.reduction, ctx.rl.clip_eps_high, ctx.norm_length)
+
+
+# ----------------------------------------------------------------------------- REINFORCE++
+
+
+def prepare_reinforce_pp(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+    """REINFORCE++ (Hu 2025): token-level KL penalty in the reward, discounted returns-to-go,
+    whitened over every token of the global batch (no critic, no grouping)."""
+    exp.kl = token_kl(exp, rl)
+    if exp.mask.sum() < 2:
+        raise ValueError("reinforce_pp whitens over the batch and needs at least 2 response tokens")
+    advantages = adv.reinforce_pp_advantages(exp.scores, exp.kl, exp.mask, beta, rl.gamma)
+    return _finish(exp, advantages, False)
+
+
+# ----------------------------------------------------------------------------- online DPO
+
+
+def best_worst_pairs(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Row indices ``[c0, r0, c1, r1, ...]``: per group of k, the highest- and lowest-scored sample
+    (first occurrence on ties); groups whose samples all score the same give no pair.
+
+    The "best vs worst" pairing of online/iterative DPO (Xiong et al. 2024, "Iterative Preference
+    Learning from Human Feedback"; Yuan et al. 2024, "Self-Rewarding Language Models")."""
+    groups = scores.view(-1, k)
+    best, worst = groups.argmax(1), groups.argmin(1)
+    keep = (groups.max(1).values > groups.min(1).values).nonzero().flatten()
+    base = keep * k
+    return torch.stack([base + best[keep], base + worst[keep]], 1).flatten()
+
+
+def prepare_online_dpo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+    """Choose the pairs; ``exp.extra['pairs']`` holds the row order (chosen, rejected, ...)."""
+    exp.kl = token_kl(exp, rl)
+    order = best_worst_pairs(exp.scores, exp.k)
+    exp.extra["pairs"] = order
+    n_groups = len(exp) // exp.k
+    gap = (exp.scores[order[0::2]] - exp.scores[order[1::2]]).mean() if len(order) else 0.0
+    return {"pairs": len(order) // 2, "tied_groups": n_groups - len(order) // 2,
+            "pair_score_gap": float(gap)}
+
+
+def online_dpo_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
+    """The configured pair objective (``loss:``) on minibatch rows ordered chosen, rejected, ...;
+    sequence log-probs are summed over response tokens, reference sums come from the rollout."""
+    mask = exp.mask
+    logps, lengths = (logp * mask).sum(1), mask.sum(1)
+    ref = None if exp.ref_logp is None else (exp.ref_logp * mask).sum(1)
+
+    def stats(part: slice) -> SeqStats:
+        return SeqStats(logps[part], lengths[part], None if ref is None else ref[part])
+
+    chosen, rejected = stats(slice(0, None, 2)), stats(slice(1, None, 2))
+    inputs = PairInputs(chosen, rejected, torch.ones_like(chosen.logps))
+    losses, metrics = ctx.objective(inputs)
+    return losses.mean(), {k: v.float().mean() for k, v in metrics.items()}
+
+
+# ----------------------------------------------------------------------------- table
+
+
+PPO = Algorithm("ppo", "Ouyang et al. 2022 (InstructGPT); Schulman et al. 2017", prepare_ppo,
+                clipped_loss, needs_critic=True, whiten_default=True)
+RLOO = Algorithm("rloo", "Ahmadian et al. 2024 (Back to Basics)", prepare_rloo, clipped_loss,
+                 min_k=2)
+GRPO = Algorithm("grpo", "Shao et al. 2024 (DeepSeekMath)", prepare_grpo, grpo_minibatch_loss,
+                 reduction="seq_mean_token_mean", min_k=2)
+REINFORCE_PP = Algorithm("reinforce_pp", "Hu 2025 (REINFORCE++)", prepare_reinforce_pp,
+                         clipped_loss)
+ONLINE_DPO = Algorithm("online_dpo", "Guo et al. 2024 (online AI feedback); Xiong et al. 2024",
+                       prepare_online_dpo, online_dpo_loss, min_k=2, unit_rows=2)
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (PPO, RLOO, GRPO, REINFORCE_PP, ONLINE_DPO)}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def check_config(cfg) -> None:
+    """Config-time checks that depend on the algorithm (raised as validation errors)."""
+    algo = get_algorithm(cfg.algorithm)
+    k = cfg.generation.num_samples
+    if k < algo.min_k:
+        raise ValueError(f"{algo.name} compares the samples of a prompt: generation.num_samples "
+                         f"must be >= {algo.min_k}, got {k}")
+    if cfg.critic is not None and not algo.needs_critic:
+        raise ValueError(f"critic: only ppo uses a critic, not {algo.name}")
+    if cfg.rl.ptx_coef > 0 and cfg.ptx_data is None:
+        raise ValueError("rl.ptx_coef > 0 needs ptx_data (the pretraining/SFT data of PPO-ptx)")
+    if cfg.rl.ref_sync_every and cfg.model.lora is not None:
+        raise ValueError("rl.ref_sync_every: with LoRA the reference is the adapter-free base "
+                         "model and cannot move; train without LoRA or set ref_sync_every: 0")
+    if algo.name == "online_dpo":
+        _check_pair_objective(cfg.loss)
+
+
+def _check_pair_objective(terms) -> None:
+    from alignlab.losses import get_loss
+
+    for term in terms:
+        spec = get_loss(term.name)
+        if spec.data_kind != "pair" or spec.reference == "online" or spec.needs:
+            raise ValueError(f"loss {term.name!r}: online_dpo trains on sampled pairs and needs a "
+                             f"pair objective of sequence log-probs with a cached or no reference "
+                             f"(got data kind {spec.data_kind}, reference {spec.reference}, "
+                             f"needs {sorted(spec.needs) or 'nothing'})")

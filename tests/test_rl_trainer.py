@@ -1,0 +1,283 @@
+"""The online trainer: response frame, pairing, score shaping, first-step values, learning,
+micro-batch equivalence, moving reference, PPO-ptx and exact resume of a killed run."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_stages import _prompt, _write_jsonl, tiny_model  # noqa: F401
+
+from alignlab.config import ConfigError, OnlineConfig, build_config
+from alignlab.generation.base import Sample
+from alignlab.rl.algorithms import best_worst_pairs
+from alignlab.rl.experience import ResponseIndex
+from alignlab.rl.trainer import loss_units, shape_scores
+from alignlab.runs import RunFolder, read_metrics
+
+REWARD_MODULE = '''
+def count_a(prompt, text):
+    """Share of the 6 sampled characters that are 'a' (the test's rule reward)."""
+    return sum(c == "a" for c in text) / 6
+'''
+
+
+@pytest.fixture(scope="module")
+def reward_fn(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rewardfn")
+    (folder / "rl_test_rewards.py").write_text(REWARD_MODULE)
+    sys.path.insert(0, str(folder))
+    yield "rl_test_rewards:count_a"
+    sys.path.remove(str(folder))
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    rows = [{"prompt": _prompt(q)} for q in ["hi", "2+2?", "sky?", "cat?", "dog?", "why?", "ok", "go"]]
+    return _write_jsonl(tmp_path_factory.mktemp("prompts") / "p.jsonl", rows)
+
+
+def _config(tiny_model, prompts, reward, out, algorithm, **extra):  # noqa: F811
+    raw = {"algorithm": algorithm, "model": {"path": tiny_model}, "prompts": {"path": prompts},
+           "reward": [{"kind": "function", "function": reward}],
+           "generation": {"num_samples": 4, "max_new_tokens": 6, "temperature": 1.0},
+           "train": {"learning_rate": 3e-2, "max_steps": 10, "batch_size": 4, "log_every": 1,
+                     "lr_schedule": "constant", "max_length": 64, "max_prompt_length": 32},
+           "rl": {"kl_coef": 0.0}, "out": str(out)}
+    for key, value in extra.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and key in raw else value
+    return build_config(OnlineConfig, raw)
+
+
+def _run(cfg):
+    from alignlab.rl.trainer import run_online
+
+    model_dir = run_online(cfg, RunFolder(cfg.out, cfg, echo=False))
+    rows = [r for r in read_metrics(Path(cfg.out)) if "reward/mean" in r]
+    return model_dir, rows
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_response_index_moves_each_rows_response_to_column_zero():
+    shifted = torch.tensor([[0, 0, 1, 1, 1, 0],
+                            [0, 1, 0, 0, 0, 0],
+                            [0, 0, 0, 1, 1, 0]])
+    values = torch.arange(18, dtype=torch.float32).view(3, 6)
+    where = ResponseIndex.from_shifted_mask(shifted)
+    assert where.mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    assert where.take(values).tolist() == [[2, 3, 4], [7, 0, 0], [15, 16, 0]]
+    with pytest.raises(ValueError, match=r"rows \[1\] have no response token"):
+        ResponseIndex.from_shifted_mask(torch.tensor([[0, 1], [0, 0]]))
+
+
+def test_best_worst_pairs_skip_tied_groups():
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.2,   # best row 1, worst row 0
+                           0.3, 0.3, 0.3, 0.3,   # all tied: no pair
+                           1.0, -2.0, 1.0, 0.0])  # best row 8 (first of the tie), worst row 9
+    assert best_worst_pairs(scores, 4).tolist() == [1, 0, 8, 9]
+
+
+def test_shape_scores_penalty_then_normalisation_then_clip():
+    from alignlab.config import RLSettings
+
+    raw = torch.tensor([1.0, 2.0, 3.0])
+    samples = [Sample("a", [5], "eos"), Sample("b", [6], "length"), Sample("c", [7], "eos")]
+    scores, metrics = shape_scores(raw, samples, RLSettings(missing_eos_penalty=1.0))
+    assert scores.tolist() == [1.0, 1.0, 3.0] and metrics["truncated_rate"] == pytest.approx(1 / 3)
+    # mean 2, unbiased std 1 -> (-1, 0, 1), then clipped at 0.5
+    scores, _ = shape_scores(raw, samples, RLSettings(score_norm="batch", reward_clip=0.5))
+    assert scores.tolist() == pytest.approx([-0.5, 0.0, 0.5])
+
+
+def test_loss_units_are_tokens_sequences_or_pairs():
+    from alignlab.rl.experience import Experience
+
+    where = ResponseIndex(torch.zeros(4, 3, dtype=torch.long),
+                          torch.tensor([[1., 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]]))
+    exp = Experience({}, where, torch.zeros(4, 3), None, torch.zeros(4), k=2)
+    assert loss_units("token_mean", exp, 1) == 7.0
+    assert loss_units("seq_mean_token_mean", exp, 1) == 4.0
+    assert loss_units("token_mean", exp, 2) == 2.0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"algorithm": "grpo", "generation": {"num_samples": 1}}, "num_samples must be >= 2"),
+    ({"algorithm": "rloo", "critic": {"path": "x"}}, "only ppo uses a critic"),
+    ({"algorithm": "ppo", "rl": {"ptx_coef": 0.5}}, "needs ptx_data"),
+    ({"algorithm": "online_dpo", "loss": "kto"}, "online_dpo trains on sampled pairs"),
+    ({"algorithm": "online_dpo", "loss": "tdpo"}, "online_dpo trains on sampled pairs"),
+    ({"algorithm": "grpo", "model": {"path": "m", "lora": {}}, "rl": {"ref_sync_every": 2}},
+     "cannot move"),
+    ({"algorithm": "grpo", "reward": [{"kind": "reward_model"}]}, "needs 'path'"),
+    ({"algorithm": "sac"}, "algorithm: must be one of"),
+])
+def test_config_errors_name_the_problem(change, message):
+    raw = {"algorithm": "grpo", "model": {"path": "m"}, "prompts": {"path": "p.jsonl"},
+           "reward": [{"kind": "gym_gold", "gym": "g"}], "generation": {"num_samples": 4},
+           "out": "o"}
+    raw.update(change)
+    with pytest.raises(ConfigError, match=message):
+        build_config(OnlineConfig, raw)
+
+
+# ----------------------------------------------------------------------------- first-step values
+
+
+def test_first_grpo_step_has_unit_ratio_zero_kl_and_zero_loss(tiny_model, prompt_file, reward_fn,  # noqa: F811
+                                                              tmp_path):
+    # Policy == reference and old == current at the first minibatch: ratio 1, k3 = 0, and the
+    # group-normalised advantages of each group sum to 0, so the GRPO loss -mean_i A_i is 0.
+    cfg = _config(tiny_model, prompt_file, reward_fn, tmp_path / "g", "grpo",
+                  train={"max_steps": 1}, rl={"kl_coef": 0.1})
+    _, rows = _run(cfg)
+    assert rows[0]["policy/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert rows[0]["policy/kl"] == pytest.approx(0.0, abs=1e-7)
+    assert rows[0]["policy/loss"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_first_online_dpo_step_is_log2_per_pair(tiny_model, prompt_file, reward_fn, tmp_path):  # noqa: F811
+    cfg = _config(tiny_model, prompt_file, reward_fn, tmp_path / "d", "online_dpo",
+                  train={"max_steps": 1}, loss=[{"name": "dpo", "beta": 0.1}])
+    _, rows = _run(cfg)
+    assert rows[0]["pairs"] >= 1
+    assert rows[0]["policy/loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo"])
+def test_every_algorithm_learns_a_rule_reward(tiny_model, prompt_file, reward_fn, tmp_path,  # noqa: F811
+                                              algorithm):
+    # reward: share of 'a' among 6 sampled characters; a random tiny model starts near 1/45.
+    _, rows = _run(_config(tiny_model, prompt_file, reward_fn, tmp_path / algorithm, algorithm))
+    first = sum(r["reward/mean"] for r in rows[:3]) / 3
+    last = sum(r["reward/mean"] for r in rows[-3:]) / 3
+    assert last > first + 0.3, [round(r["reward/mean"], 3) for r in rows]
+
+
+# ----------------------------------------------------------------------------- equivalences
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce_pp", "grpo"])
+def test_micro_batches_give_the_same_update(tiny_model, prompt_file, reward_fn, tmp_path,  # noqa: F811
+                                            algorithm):
+    # token-mean (reinforce_pp) and sequence-mean (grpo) losses: splitting the minibatch into
+    # chunks of 3 sequences must give the gradient of the whole minibatch (its norm is logged
+    # before clipping; Adam's first step alone would hide a wrong scale).
+    def run(out, **rl):
+        cfg = _config(tiny_model, prompt_file, reward_fn, tmp_path / out, algorithm,
+                      train={"max_steps": 1}, rl={"kl_coef": 0.05, **rl})
+        model_dir, rows = _run(cfg)
+        return load_file(str(Path(model_dir) / "model.safetensors")), rows[0]
+
+    (whole, row), (split, split_row) = run("whole"), run("split", micro_batch_size=3)
+    assert row["policy/grad_norm"] > 0
+    assert split_row["policy/grad_norm"] == pytest.approx(row["policy/grad_norm"], rel=1e-5)
+    assert split_row["policy/loss"] != row["policy/loss"]  # logged per chunk: the split happened
+    for key in whole:
+        torch.testing.assert_close(whole[key], split[key], rtol=0, atol=1e-5)
+
+
+def test_moving_reference_resets_the_kl_every_iteration(tiny_model, prompt_file, reward_fn,  # noqa: F811
+                                                        tmp_path):
+    def kls(out, every):
+        cfg = _config(tiny_model, prompt_file, reward_fn, tmp_path / out, "rloo",
+                      train={"max_steps": 3}, rl={"kl_coef": 0.05, "ref_sync_every": every})
+        return [r["kl"] for r in _run(cfg)[1]]
+
+    moving, kept = kls("moving", 1), kls("kept", 0)
+    assert moving == pytest.approx([0.0, 0.0, 0.0], abs=1e-6)  # sampled from the reference itself
+    assert abs(kept[2]) > 1e-3
+
+
+# ----------------------------------------------------------------------------- PPO-ptx
+
+
+def test_ptx_term_is_the_nll_of_the_sft_stream(tiny_model, prompt_file, reward_fn, tmp_path):  # noqa: F811
+    from alignlab.models.loading import load_causal_lm
+    from alignlab.models.logprobs import token_logprobs
+    from alignlab.rl.ptx import PtxStream
+
+    rows = [{"messages": _prompt(q) + [{"role": "assistant", "content": a}]}
+            for q, a in [("hi", "hello"), ("2+2?", "4"), ("sky?", "blue"), ("cat?", "meow")]]
+    data = _write_jsonl(tmp_path / "sft.jsonl", rows)
+    cfg = _config(tiny_model, prompt_file, reward_fn, tmp_path / "ptx", "ppo",
+                  train={"max_steps": 1}, rl={"ptx_coef": 0.5, "kl_coef": 0.05},
+                  ptx_data={"path": data})
+    _, logged = _run(cfg)
+    # the first (only) chunk drew 16 sequences from a stream seeded like the trainer's
+    from alignlab.rl.ptx import load_ptx_stream
+
+    model, tok = load_causal_lm(cfg.model, for_training=False)
+    stream = load_ptx_stream(cfg, tok, torch.device("cpu"))
+    assert isinstance(stream, PtxStream)
+    batch = stream.next_batch(16)
+    mask = batch["loss_mask"][:, 1:].float()
+    logp = token_logprobs(model, batch["input_ids"], batch["attention_mask"], target_mask=mask)
+    expected = float(-(logp * mask).sum() / mask.sum())
+    assert logged[0]["ptx/ptx_nll"] == pytest.approx(expected, rel=1e-5)
+    assert stream.state_dict() == {"epoch": 3, "position": 4}  # 16 draws over 4 sequences
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_killed_ppo_run_resumes_exactly(tiny_model, prompt_file, reward_fn, tmp_path,  # noqa: F811
+                                        monkeypatch):
+    from alignlab.rl import trainer
+
+    extra = {"train": {"max_steps": 4, "save_every": 1, "lr_schedule": "linear"},
+             "rl": {"kl_coef": 0.1, "kl_target": 0.01, "kl_horizon": 100, "ppo_epochs": 2,
+                    "minibatch_size": 8}}
+    straight_dir, straight = _run(_config(tiny_model, prompt_file, reward_fn, tmp_path / "a",
+                                          "ppo", **extra))
+    real = trainer.one_iteration
+
+    def killed_at_third(state, iteration):
+        if iteration == 2:
+            raise KeyboardInterrupt("killed")
+        return real(state, iteration)
+
+    cfg = _config(tiny_model, prompt_file, reward_fn, tmp_path / "b", "ppo", **extra)
+    monkeypatch.setattr(trainer, "one_iteration", killed_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg)
+    monkeypatch.setattr(trainer, "one_iteration", real)
+    resumed_dir, resumed = _run(cfg)
+    log = (Path(cfg.out) / "log.txt").read_text()
+    assert "resumed from" in log and "(iteration 2)" in log
+    keys = ["reward/mean", "kl", "kl_coef", "policy/loss", "value/loss"]
+    assert len(resumed) == len(straight) == 4  # 2 rows before the kill, 2 after the resume
+    assert [r[k] for r in resumed for k in keys] == pytest.approx(
+        [r[k] for r in straight for k in keys], abs=1e-6)
+    assert straight[3]["kl_coef"] != straight[0]["kl_coef"]  # the adaptive controller moved
+    a = load_file(str(Path(straight_dir) / "model.safetensors"))
+    b = load_file(str(Path(resumed_dir) / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_online_stage_runs_from_the_command_line(tiny_model, prompt_file, reward_fn, tmp_path):  # noqa: F811
+    import yaml
+    from typer.testing import CliRunner
+
+    from alignlab.cli import app
+
+    cfg = _config(tiny_model, prompt_file, reward_fn, tmp_path / "cli", "rloo",
+                  train={"max_steps": 2})
+    path = tmp_path / "online.yaml"
+    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    result = CliRunner().invoke(app, ["online", "--config", str(path), "rl.kl_coef=0.02"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((tmp_path / "cli" / "config.yaml").read_text())
+    assert saved["rl"]["kl_coef"] == 0.02 and saved["algorithm"] == "rloo"
+    bad = CliRunner().invoke(app, ["online", "--config", str(path), "rl.clip_epss=0.1"])
+    assert bad.exit_code == 2 and "did you mean 'clip_eps'" in bad.output
