@@ -33,3 +33,27 @@ def test_weighted_scorer_sums_parts_and_keeps_them():
     with pytest.raises(ValueError, match="names must differ"):
         WeightedScorer([(1.0, length), (1.0, length)])
 
+
+
+def test_self_judge_reads_yes_versus_no_from_one_forward():
+    import torch
+    from test_rl_rollout import _tiny
+
+    from alignlab.data.records import Message
+    from alignlab.data.tokenize import prompt_ids, render_prompt
+    from alignlab.rl.scorers import SelfJudgeScorer
+
+    model, tok = _tiny()
+    judge = SelfJudgeScorer(model, tok, template="q {prompt} a {response} ok?", yes="y", no="n",
+                            batch_size=2)
+    prompts = [(Message("user", "hi"),), (Message("user", "why?"),), (Message("user", "go"),)]
+    completions = ["yes", "no way", "?"]
+    scores = judge.score(prompts, completions)
+    for prompt, completion, score in zip(prompts, completions, scores):
+        text = f"q {prompt[0].content} a {completion} ok?"
+        ids = prompt_ids(tok, render_prompt(tok, (Message("user", text),)))
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        y, n = tok.convert_tokens_to_ids("y"), tok.convert_tokens_to_ids("n")
+        expected = torch.sigmoid(logits[y] - logits[n]).item()  # P(y) / (P(y) + P(n))
+        assert abs(score - expected) < 1e-5
+    assert len(set(round(s, 6) for s in scores)) == 3

@@ -281,3 +281,26 @@ def test_online_stage_runs_from_the_command_line(tiny_model, prompt_file, reward
     assert saved["rl"]["kl_coef"] == 0.02 and saved["algorithm"] == "rloo"
     bad = CliRunner().invoke(app, ["online", "--config", str(path), "rl.clip_epss=0.1"])
     assert bad.exit_code == 2 and "did you mean 'clip_eps'" in bad.output
+
+
+def test_weights_are_pushed_to_the_generator_after_every_update(tiny_model, prompt_file,  # noqa: F811
+                                                                reward_fn, tmp_path, monkeypatch):
+    # the vLLM backend's contract: sync_weights(policy) after each update, before the next rollout
+    import alignlab.rl.trainer as trainer
+    from alignlab.generation.hf import HFGenerator
+
+    pushed = []
+
+    class SyncingGenerator(HFGenerator):
+        def sync_weights(self, model):
+            pushed.append(model.model.layers[0].mlp.down_proj.weight.detach().clone())
+
+    monkeypatch.setattr(trainer, "make_rollout_generator",
+                        lambda cfg, policy, tok: SyncingGenerator(policy, tok))
+    cfg = _config(tiny_model, prompt_file, reward_fn, tmp_path / "sync", "grpo",
+                  train={"max_steps": 3})
+    model_dir, _ = _run(cfg)
+    final = load_file(str(Path(model_dir) / "model.safetensors"))
+    assert len(pushed) == 3
+    assert not torch.equal(pushed[0], pushed[1])
+    torch.testing.assert_close(pushed[-1], final["model.layers.0.mlp.down_proj.weight"])

@@ -16,6 +16,7 @@ Per iteration (``train.max_steps`` of them; default one pass over the prompts):
 5. the KL controller updates; the reference moves to the policy every ``rl.ref_sync_every``
    iterations when asked; metrics and timings (generate / score / logprob / update) are logged.
 
+Each logged row is the mean of the iterations since the previous one (``train.log_every``).
 Checkpoints (``train.save_every`` iterations) hold the policy, the critic, both optimisers and
 schedulers, the KL controller, the moved reference, the objective's state and the iteration reached;
 a killed run resumes at the next iteration with the same prompts and sampling seeds.
@@ -505,14 +506,18 @@ def run_online(cfg: OnlineConfig, run: RunFolder) -> Path:
     main_log(acc, run, f"{state.algo.name}: {total} iterations of {cfg.train.batch_size} prompts x "
                        f"{cfg.generation.num_samples} samples per process; {state.plan.epochs} "
                        f"epoch(s) x {state.plan.minibatches} minibatch(es) each; from {start}")
+    window = MetricSums()
     for iteration in range(start, total):
         row = global_row(acc, one_iteration(state, iteration))
         progress.step = iteration + 1
         progress.num_examples, progress.global_batch = (state.sampler.num_examples,
                                                         state.sampler.global_batch)
-        row["lr"] = state.learner.policy_sched.get_last_lr()[0]
+        window.add("", row)
         if (iteration + 1) % cfg.train.log_every == 0 or iteration + 1 == total:
-            _log(acc, run, row, iteration + 1, total)
+            logged = {k[1:]: v for k, v in window.means().items()}
+            logged["lr"] = state.learner.policy_sched.get_last_lr()[0]
+            _log(acc, run, logged, iteration + 1, total)
+            window = MetricSums()
         if cfg.train.save_every and (iteration + 1) % cfg.train.save_every == 0:
             save_checkpoint(acc, run.checkpoint_dir, iteration + 1)
     acc.wait_for_everyone()

@@ -1,0 +1,133 @@
+"""Online RL league in the gym: PPO, RLOO, GRPO, REINFORCE++ and online DPO from the same SFT model,
+trained against the same reward model, with the same sample budget.
+
+    python benchmarks/online/run.py                 # build (resumable: finished stages are skipped)
+    python benchmarks/online/run.py --only grpo     # one algorithm (and what it depends on)
+    python benchmarks/online/run.py --collect       # only rebuild results.md / results.json
+
+Pipeline: the league's gym (420 pretraining steps) and SFT model; a reward model trained from the SFT
+model on the gym's 4000 simulated (noisy, 75 % gold agreement) preference pairs; then each algorithm
+for ITERATIONS iterations of 64 sampled completions (16 prompts x 4 samples; PPO and REINFORCE++,
+which need no group, 64 prompts x 1 sample), 48 new tokens at T = 1, scored by the reward model (the
+gym's gold reward is only monitored). Evaluation as in the league: 600 held-out prompts, KL to SFT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "league"))
+from run import cell, eval_stage, read_jsonl, replace_block  # noqa: E402
+
+ITERATIONS = 100
+TRAIN = {"max_steps": ITERATIONS, "log_every": 5, "seed": 0, "max_length": 128,
+         "max_prompt_length": 64, "lr_schedule": "constant", "save_every": 25}
+GENERATION = {"max_new_tokens": 48, "temperature": 1.0, "batch_size": 256}
+
+# (name, algorithm, prompts per iteration, samples per prompt, learning rate, rl settings, extra)
+ENTRIES: list[tuple[str, str, int, int, float, dict, dict]] = [
+    ("ppo", "ppo", 64, 1, 1e-4, {"kl_coef": 0.05, "ppo_epochs": 2, "minibatch_size": 32,
+                                 "critic_learning_rate": 1e-4}, {}),
+    ("rloo", "rloo", 16, 4, 1e-4, {"kl_coef": 0.05}, {}),
+    ("grpo", "grpo", 16, 4, 1e-4, {"kl_coef": 0.05}, {}),
+    ("reinforce_pp", "reinforce_pp", 64, 1, 1e-4, {"kl_coef": 0.05}, {}),
+    ("online_dpo", "online_dpo", 16, 4, 1e-4, {}, {"loss": [{"name": "dpo", "beta": 0.1}]}),
+]
+
+
+def base_stages() -> list[dict]:
+    league = yaml.safe_load((HERE.parent / "league" / "base.yaml").read_text())["stages"]
+    rm = {"name": "rm", "stage": "rm", "model": {"path": "${sft.output}"},
+          "data": {"path": "${gym.output}/data/prefs.jsonl"},
+          "eval_data": {"path": "${gym.output}/data/prefs_eval.jsonl"},
+          "train": {"learning_rate": 1e-3, "epochs": 1, "batch_size": 32, "max_length": 96,
+                    "max_prompt_length": 64, "log_every": 20, "warmup_ratio": 0.05, "seed": 0}}
+    return league + [rm]
+
+
+def online_stage(name, algorithm, prompts, k, lr, rl, extra) -> dict:
+    return {"name": name, "stage": "online", "algorithm": algorithm,
+            "model": {"path": "${sft.output}"},
+            "prompts": {"path": "${gym.output}/data/train_prompts.jsonl"},
+            "reward": [{"kind": "reward_model", "path": "${rm.output}"}],
+            "monitor": [{"kind": "gym_gold", "gym": "${gym.output}", "name": "gold"}],
+            "generation": {**GENERATION, "num_samples": k},
+            "train": {**TRAIN, "learning_rate": lr, "batch_size": prompts}, "rl": rl, **extra}
+
+
+def with_proxy(stage: dict) -> dict:
+    return {**stage, "reward_model": {"path": "${rm.output}"}}
+
+
+def recipe(out: str, only: str | None) -> dict:
+    stages = base_stages()
+    stages.append(with_proxy(eval_stage("sft_rm", "${sft.output}")))
+    for entry in ENTRIES:
+        if only and entry[0] != only:
+            continue
+        stages.append(online_stage(*entry))
+        stages.append(with_proxy(eval_stage(entry[0], f"${{{entry[0]}.output}}")))
+    return {"out": out, "stages": stages}
+
+
+def collect(out: Path) -> list[dict]:
+    rows = []
+    for name in ["sft_rm"] + [e[0] for e in ENTRIES]:
+        metrics_file = out / f"eval_{name}" / "metrics.json"
+        if not metrics_file.is_file():
+            continue
+        train = [r for r in read_jsonl(out / name / "metrics.jsonl") if "time/iteration" in r] \
+            if name != "sft_rm" else []
+        iteration_s = sum(r["time/iteration"] for r in train) / len(train) if train else None
+        rows.append({"name": "sft (start)" if name == "sft_rm" else name,
+                     "metrics": json.loads(metrics_file.read_text()),
+                     "iteration_seconds": iteration_s,
+                     "train_seconds": train[-1]["time"] if train else None})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| algorithm | gold reward | proxy (RM) reward | harmless | evasive | KL to SFT | "
+            "length | s/iteration |\n|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for row in rows:
+        m = row["metrics"]
+        proxy = cell(m["proxy_reward"]) if "proxy_reward" in m else "–"
+        speed = f"{row['iteration_seconds']:.2f}" if row["iteration_seconds"] else "–"
+        lines.append(f"| {row['name']} | {cell(m['gold_reward'])} | {proxy} | "
+                     f"{cell(m['harmless_rate'])} | {cell(m['evasive_rate'])} | "
+                     f"{cell(m['kl'], 2)} | {cell(m['length_tokens'], 1)} | {speed} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/online")
+    parser.add_argument("--only", help="run one algorithm (by name)")
+    parser.add_argument("--collect", action="store_true", help="only collect finished results")
+    parser.add_argument("--readme", action="store_true", help="also update README.md")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if not args.collect:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "online.yaml"
+        path.write_text(yaml.safe_dump(recipe(str(out), args.only), sort_keys=False, width=110))
+        subprocess.run([sys.executable, "-m", "alignlab.cli", "run", str(path)], check=True)
+    rows = collect(out)
+    (HERE / "results.json").write_text(json.dumps(rows, indent=1))
+    (HERE / "results.md").write_text(table(rows))
+    if args.readme:
+        readme = HERE.parents[1] / "README.md"
+        readme.write_text(replace_block(readme.read_text(), "online", table(rows)))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
