@@ -26,8 +26,8 @@ import yaml
 HERE = Path(__file__).parent
 OUT = Path("runs/overopt")
 RMS = {"250 labels": "rm_250", "4000 labels": "rm_4000"}
-ITERATIONS = 120
-LOG_EVERY = 10
+ITERATIONS = 60
+LOG_EVERY = 5
 
 
 def config(label: str, rm: str) -> dict:
