@@ -56,4 +56,4 @@ def test_self_judge_reads_yes_versus_no_from_one_forward():
         y, n = tok.convert_tokens_to_ids("y"), tok.convert_tokens_to_ids("n")
         expected = torch.sigmoid(logits[y] - logits[n]).item()  # P(y) / (P(y) + P(n))
         assert abs(score - expected) < 1e-5
-    assert len(set(round(s, 6) for s in scores)) == 3
+    assert len({round(s, 6) for s in scores}) == 3

@@ -204,7 +204,6 @@ def test_moving_reference_resets_the_kl_every_iteration(tiny_model, prompt_file,
 def test_ptx_term_is_the_nll_of_the_sft_stream(tiny_model, prompt_file, reward_fn, tmp_path):  # noqa: F811
     from alignlab.models.loading import load_causal_lm
     from alignlab.models.logprobs import token_logprobs
-    from alignlab.rl.ptx import PtxStream
 
     rows = [{"messages": _prompt(q) + [{"role": "assistant", "content": a}]}
             for q, a in [("hi", "hello"), ("2+2?", "4"), ("sky?", "blue"), ("cat?", "meow")]]
@@ -218,7 +217,6 @@ def test_ptx_term_is_the_nll_of_the_sft_stream(tiny_model, prompt_file, reward_f
 
     model, tok = load_causal_lm(cfg.model, for_training=False)
     stream = load_ptx_stream(cfg, tok, torch.device("cpu"))
-    assert isinstance(stream, PtxStream)
     batch = stream.next_batch(16)
     mask = batch["loss_mask"][:, 1:].float()
     logp = token_logprobs(model, batch["input_ids"], batch["attention_mask"], target_mask=mask)
@@ -286,8 +284,8 @@ def test_online_stage_runs_from_the_command_line(tiny_model, prompt_file, reward
 def test_weights_are_pushed_to_the_generator_after_every_update(tiny_model, prompt_file,  # noqa: F811
                                                                 reward_fn, tmp_path, monkeypatch):
     # the vLLM backend's contract: sync_weights(policy) after each update, before the next rollout
-    import alignlab.rl.trainer as trainer
     from alignlab.generation.hf import HFGenerator
+    from alignlab.rl import trainer
 
     pushed = []
 

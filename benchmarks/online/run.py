@@ -24,7 +24,7 @@ import yaml
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "league"))
-from run import cell, eval_stage, read_jsonl, replace_block  # noqa: E402
+from run import cell, eval_stage, replace_block  # noqa: E402
 
 ITERATIONS = 30
 TRAIN = {"max_steps": ITERATIONS, "log_every": 5, "seed": 0, "max_length": 128,
@@ -81,15 +81,9 @@ def collect(out: Path) -> list[dict]:
     rows = []
     for name in ["sft_rm"] + [e[0] for e in ENTRIES]:
         metrics_file = out / f"eval_{name}" / "metrics.json"
-        if not metrics_file.is_file():
-            continue
-        train = [r for r in read_jsonl(out / name / "metrics.jsonl") if "time/iteration" in r] \
-            if name != "sft_rm" else []
-        iteration_s = sum(r["time/iteration"] for r in train) / len(train) if train else None
-        rows.append({"name": "sft (start)" if name == "sft_rm" else name,
-                     "metrics": json.loads(metrics_file.read_text()),
-                     "iteration_seconds": iteration_s,
-                     "train_seconds": train[-1]["time"] if train else None})
+        if metrics_file.is_file():
+            rows.append({"name": "sft (start)" if name == "sft_rm" else name,
+                         "metrics": json.loads(metrics_file.read_text())})
     return rows
 
 

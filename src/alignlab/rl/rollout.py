@@ -92,7 +92,7 @@ def collect_rollout(policy, tokenizer, generator, prompts: Sequence[Messages],
     its adapter disabled), or None for no reference log-probs (reference-free objectives).
     ``timings``, when given, receives the seconds spent in ``generate``, ``score`` and ``logprob``.
     """
-    clock = _Clock(timings)
+    clock = Clock(timings)
     with clock("generate"):
         samples = generator.generate(list(prompts), settings)
     rows, row_prompts, flat = encode_samples(tokenizer, prompts, samples, max_prompt_length)
@@ -111,7 +111,7 @@ def collect_rollout(policy, tokenizer, generator, prompts: Sequence[Messages],
                    settings.num_samples)
 
 
-class _Clock:
+class Clock:
     """``with clock(name):`` adds the block's wall time to ``timings[name]`` (no-op for None)."""
 
     def __init__(self, timings: dict[str, float] | None):

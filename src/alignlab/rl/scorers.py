@@ -120,9 +120,10 @@ class SelfJudgeScorer:
     def score(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]:
         check_lengths(prompts, completions, self.name)
         rows = [self._judge_ids(p, c) for p, c in zip(prompts, completions)]
+        options = [first_token_id(self.tokenizer, self.yes), first_token_id(self.tokenizer, self.no)]
         scores: list[float] = []
         for start in range(0, len(rows), self.batch_size):
-            scores += self._score_batch(rows[start:start + self.batch_size])
+            scores += self._score_batch(rows[start:start + self.batch_size], options)
         return scores
 
     def _judge_ids(self, prompt: Messages, completion: str) -> list[int]:
@@ -132,19 +133,19 @@ class SelfJudgeScorer:
         text = self.template.format(prompt=_prompt_text(prompt), response=completion)
         return prompt_ids(self.tokenizer, render_prompt(self.tokenizer, (Message("user", text),)))
 
-    def _score_batch(self, rows: list[list[int]]) -> list[float]:
+    def _score_batch(self, rows: list[list[int]], options: list[int]) -> list[float]:
         import torch
 
         from alignlab.generation.hf import left_pad
+        from alignlab.models.logprobs import default_position_ids
         from alignlab.models.reference import eval_mode
 
         ids, attn = left_pad(rows, self.tokenizer.pad_token_id)
         device = next(self.model.parameters()).device
-        options = [first_token_id(self.tokenizer, self.yes), first_token_id(self.tokenizer, self.no)]
         with torch.no_grad(), eval_mode(self.model):
-            positions = (attn.long().cumsum(-1) - 1).clamp(min=0)
             logits = self.model(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                position_ids=positions.to(device)).logits[:, -1].float()
+                                position_ids=default_position_ids(attn).to(device)
+                                ).logits[:, -1].float()
         pair = torch.log_softmax(logits, -1)[:, options]
         return torch.softmax(pair, -1)[:, 0].cpu().tolist()
 

@@ -42,7 +42,7 @@ from alignlab.rl.experience import Experience, experience_from_rollout
 from alignlab.rl.kl import AdaptiveKLController, FixedKLController
 from alignlab.rl.objectives import ptx_loss, value_loss
 from alignlab.rl.ptx import PtxStream
-from alignlab.rl.rollout import collect_rollout
+from alignlab.rl.rollout import Clock, collect_rollout
 from alignlab.rl.scorers import build_scorer
 from alignlab.runs import RunFolder
 from alignlab.train.checkpoint import Progress, latest_checkpoint, save_checkpoint
@@ -127,9 +127,6 @@ class Learner:
     critic_sched: object | None = None
     max_grad_norm: float = float("inf")
     updates: int = 0
-
-    def modules(self) -> list[torch.nn.Module]:
-        return [m for m in (self.policy, self.critic) if m is not None]
 
 
 def _adamw(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -420,6 +417,7 @@ def one_iteration(state: OnlineRun, iteration: int) -> dict[str, float]:
     """Rollout, advantages and update for one iteration; returns the process's metrics row."""
     cfg, acc = state.cfg, state.acc
     timings: dict[str, float] = {}
+    clock = Clock(timings)
     start = time.perf_counter()
     idx = state.sampler.micro_batches(iteration, acc.process_index)[0]
     prompts = [state.prompts[i] for i in idx]
@@ -429,10 +427,9 @@ def one_iteration(state: OnlineRun, iteration: int) -> dict[str, float]:
                               timings)
     monitor_parts = {}
     if state.monitor is not None:
-        t0 = time.perf_counter()
-        state.monitor.score(rollout.prompts, rollout.texts)
+        with clock("monitor"):
+            state.monitor.score(rollout.prompts, rollout.texts)
         monitor_parts = state.monitor.last_parts
-        timings["monitor"] = time.perf_counter() - t0
     scores, score_metrics = shape_scores(rollout.scores, rollout.samples, cfg.rl)
     exp = experience_from_rollout(rollout, scores)
     if state.learner.critic is not None:
@@ -443,10 +440,9 @@ def one_iteration(state: OnlineRun, iteration: int) -> dict[str, float]:
     row.update(state.algo.prepare(exp, cfg.rl, beta))
     ctx = LossContext(cfg.rl, beta, state.algo.reduction_for(cfg.rl), cfg.generation.max_new_tokens,
                       state.objective)
-    t0 = time.perf_counter()
-    row.update(update(acc, state.learner, state.algo, exp, ctx, state.plan, state.ptx,
-                      cfg.train.seed * 7919 + iteration))
-    timings["update"] = time.perf_counter() - t0
+    with clock("update"):
+        row.update(update(acc, state.learner, state.algo, exp, ctx, state.plan, state.ptx,
+                          cfg.train.seed * 7919 + iteration))
     row["kl_coef"] = beta
     _after_update(state, iteration, row)
     timings["iteration"] = time.perf_counter() - start
