@@ -7,6 +7,10 @@
     alignlab online --config online.yaml [key.sub=value ...] (ppo, rloo, grpo, reinforce_pp, online_dpo)
     alignlab losses                                       (the registered objectives)
     alignlab eval --config eval.yaml [key.sub=value ...]
+    alignlab cai revise --config revise.yaml [key.sub=value ...]  (critique -> revision, SL-CAI data)
+    alignlab label --config label.yaml [key.sub=value ...]        (AI preference labels)
+    alignlab distill --config distill.yaml [key.sub=value ...]    (context distillation)
+    alignlab synth --config synth.yaml [key.sub=value ...]        (self-instruct / templating)
     alignlab run recipe.yaml [key.sub=value ...]
     alignlab quickstart [--out DIR]
 
@@ -31,6 +35,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Align language models with human and AI feedback.")
 gym_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The alignment gym.")
 app.add_typer(gym_app, name="gym")
+cai_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Constitutional AI.")
+app.add_typer(cai_app, name="cai")
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="YAML config for this stage.")
 OVERRIDES_ARG = typer.Argument(None, help="Overrides as key.sub=value.")
@@ -44,10 +50,12 @@ def _fail(message: str) -> None:
 def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[list[str]]) -> None:
     from alignlab.stages import run_stage
 
+    from alignlab.feedback.constitution import ConstitutionError
+
     try:
         cfg = load_stage_config(stage, str(config) if config else None, overrides or [])
         output = run_stage(cfg)
-    except (ConfigError, RecordError, FileNotFoundError) as exc:
+    except (ConfigError, RecordError, FileNotFoundError, ConstitutionError) as exc:
         _fail(str(exc))
     typer.echo(f"{stage}: done → {output}")
 
@@ -96,6 +104,32 @@ def evaluate(config: Optional[Path] = CONFIG_OPT,
              overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
     """Generate on held-out prompts and report reward, rates, KL and win rate."""
     _run_stage_command("eval", config, overrides)
+
+
+@cai_app.command("revise")
+def cai_revise(config: Optional[Path] = CONFIG_OPT,
+               overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Critique -> revision with a constitution: SL-CAI SFT data and revision-over-initial pairs."""
+    _run_stage_command("revise", config, overrides)
+
+
+@app.command()
+def label(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """AI preference labels from option probabilities, both orders (resumable)."""
+    _run_stage_command("label", config, overrides)
+
+
+@app.command()
+def distill(config: Optional[Path] = CONFIG_OPT,
+            overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Context distillation: a student without the HHH prompt learns the teacher's top-k tokens."""
+    _run_stage_command("distill", config, overrides)
+
+
+@app.command()
+def synth(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+    """Instruction data: self-instruct synthesis or templating of labelled tasks."""
+    _run_stage_command("synth", config, overrides)
 
 
 @app.command()

@@ -209,28 +209,196 @@ class PreferenceConfig(StrictModel):
 DPOConfig = PreferenceConfig
 
 
+# ----------------------------------------------------------------------------- AI feedback (RLAIF / CAI)
+
+
+class JudgeSettings(StrictModel):
+    """A feedback model behind the one judge interface (:mod:`alignlab.feedback.judges`).
+
+    ``kind``: ``local`` (a causal LM; option probabilities read from one forward pass),
+    ``reward_model`` (``model`` is a reward-model folder; P(first) = sigmoid(r_first - r_second)) or
+    ``http`` (an OpenAI-compatible ``/v1/completions`` endpoint at ``url`` that returns
+    ``logprobs``, e.g. a vLLM server; ``model_name`` is the request's ``model`` field). The API key
+    is read from the environment variable named by ``api_key_env`` and is never written anywhere.
+    ``top_logprobs`` is how many alternatives the endpoint is asked for (an option outside them gets
+    no probability mass).
+    """
+
+    kind: Literal["local", "reward_model", "http"] = "local"
+    model: ModelSettings | None = None
+    url: str | None = None
+    model_name: str | None = None
+    api_key_env: str | None = None
+    top_logprobs: int = Field(20, ge=1, le=20)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(1024, ge=16)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "JudgeSettings":
+        if self.kind in ("local", "reward_model") and self.model is None:
+            raise ValueError(f"judge kind {self.kind!r} needs 'model'")
+        if self.kind == "http" and not self.url:
+            raise ValueError("judge kind 'http' needs 'url' (e.g. http://localhost:8000/v1)")
+        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+            raise ValueError("api_key_env is the NAME of an environment variable (e.g. OPENAI_API_KEY), "
+                             "not the key itself")
+        return self
+
+
+class LabelConfig(StrictModel):
+    """AI preference labels (Bai et al. 2022, "Constitutional AI", section 4.1).
+
+    Each pair in ``data`` (its ``chosen``/``rejected`` order is only the order written on disk) is
+    shown to the judge with a comparison principle and the options (A)/(B); the label is
+    P(chosen preferred), the normalised option probability from one forward pass, averaged over
+    ``principles_per_pair`` principles drawn at random from the constitution and over both option
+    orders (``both_orders``). ``cot``: the judge first writes a rationale
+    (``cot_generation``), then the option probabilities are read; ``cot_clamp`` clamps them to a band
+    (the paper uses 0.4-0.6). With ``policy`` set, ``data`` holds prompts and two responses per prompt
+    are sampled from ``policy`` before labelling. The job is resumable: rerun the same command.
+    """
+
+    stage: Literal["label"] = "label"
+    judge: JudgeSettings
+    data: DataSettings
+    constitution: str = "default"
+    principles_per_pair: int = Field(1, ge=1)
+    both_orders: bool = True
+    few_shot: int = Field(0, ge=0)
+    cot: bool = False
+    cot_clamp: tuple[float, float] | None = (0.4, 0.6)
+    cot_generation: GenerationSettings = Field(
+        default_factory=lambda: GenerationSettings(max_new_tokens=96, temperature=0.0))
+    policy: ModelSettings | None = None
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(num_samples=2))
+    flush_every: int = Field(16, ge=1)
+    seed: int = 0
+    out: str
+
+    @model_validator(mode="after")
+    def _check(self) -> "LabelConfig":
+        if self.cot_clamp is not None and not 0.0 <= self.cot_clamp[0] <= self.cot_clamp[1] <= 1.0:
+            raise ValueError(f"cot_clamp must be (low, high) with 0 <= low <= high <= 1, got {self.cot_clamp}")
+        if self.cot and self.judge.kind == "reward_model":
+            raise ValueError("cot needs a generating judge (local or http), not a reward model")
+        return self
+
+
+class ReviseConfig(StrictModel):
+    """Critique -> revision (Bai et al. 2022, "Constitutional AI", section 3).
+
+    ``model`` answers each prompt in ``prompts``; then, ``rounds`` times, a principle drawn at random
+    from the constitution asks ``reviser`` (default: ``model``) for a critique and then a revision of
+    the latest answer. ``few_shot`` prepends that many of the constitution's worked examples.
+    Writes ``revisions.jsonl`` (every step), ``sft.jsonl`` (prompt + final revision, the SL-CAI data)
+    and ``prefs.jsonl`` (final revision preferred to the initial answer). Resumable.
+    """
+
+    stage: Literal["revise"] = "revise"
+    model: ModelSettings
+    reviser: ModelSettings | None = None
+    prompts: DataSettings
+    constitution: str = "default"
+    rounds: int = Field(1, ge=1)
+    few_shot: int = Field(0, ge=0)
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=128))
+    flush_every: int = Field(16, ge=1)
+    seed: int = 0
+    out: str
+
+
+class DistillConfig(StrictModel):
+    """Context distillation (Askell et al. 2021, "A General Language Assistant as a Laboratory for
+    Alignment", section 3.1).
+
+    The teacher (``teacher``; default: the student's starting weights) reads ``context`` (the HHH
+    prompt; ``default`` is the one shipped with alignlab, or a path to a text file) followed by each
+    conversation in ``data``; its top-``top_k`` next-token probabilities at every position of the
+    conversation (``positions``) are stored. The student (``model``) is trained without the context
+    on the KL from those stored distributions. With ``generation`` set, ``data`` holds prompts and
+    the teacher first samples the responses (with the context).
+    """
+
+    stage: Literal["distill"] = "distill"
+    model: ModelSettings
+    teacher: ModelSettings | None = None
+    data: DataSettings
+    context: str = "default"
+    top_k: int = Field(50, ge=1)
+    positions: Literal["all", "assistant"] = "all"
+    generation: GenerationSettings | None = None
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    out: str
+
+
+class SynthConfig(StrictModel):
+    """Instruction data synthesis (``alignlab synth``).
+
+    ``mode: self_instruct`` (Wang et al. 2023, "Self-Instruct"): ``model`` writes new instructions
+    from prompts of ``prompt_tasks`` example tasks (``machine_tasks`` of them from its own accepted
+    output once there is some), filtered and ROUGE-L de-duplicated (``rouge_threshold``), then
+    answers them. ``mode: template``: every labelled instance of ``seed_tasks`` is turned into an
+    instruction conversation with ``templates``. ``seed_tasks`` has the format of self-instruct's
+    ``seed_tasks.jsonl``. Resumable.
+    """
+
+    stage: Literal["synth"] = "synth"
+    mode: Literal["self_instruct", "template"] = "self_instruct"
+    model: ModelSettings | None = None
+    seed_tasks: str
+    num_instructions: int = Field(100, ge=1)
+    prompt_tasks: int = Field(8, ge=1)
+    machine_tasks: int = Field(2, ge=0)
+    rouge_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(150, ge=1)
+    answer: bool = True
+    generation: GenerationSettings = Field(
+        default_factory=lambda: GenerationSettings(max_new_tokens=256, temperature=0.7, top_p=0.5))
+    templates: list[str] = Field(default_factory=list)
+    seed: int = 0
+    out: str
+
+    @model_validator(mode="after")
+    def _check(self) -> "SynthConfig":
+        if self.mode == "self_instruct" and self.model is None:
+            raise ValueError("mode 'self_instruct' needs 'model'")
+        if self.machine_tasks > self.prompt_tasks:
+            raise ValueError("machine_tasks cannot exceed prompt_tasks")
+        return self
+
+
+# ----------------------------------------------------------------------------- online
+
 class ScorerSettings(StrictModel):
     """One reward source of the online stage; several are summed with their ``weight``.
 
     ``kind``: ``reward_model`` (``path``: a reward-model folder), ``gym_gold`` (``gym``: a gym folder;
     the gym's true reward), ``function`` (``function``: ``"module:callable"`` taking (prompt messages,
-    completion text) and returning a float) or ``self_judge`` (the live policy asked ``template``
+    completion text) and returning a float), ``self_judge`` (the live policy asked ``template``
     and scored by the probability it gives to ``yes`` over ``no``; Yuan et al. 2024, "Self-Rewarding
-    Language Models", as a pointwise judge).
+    Language Models", as a pointwise judge) or ``judge`` (direct RLAIF, Lee et al. 2024: the feedback
+    model ``judge`` answers the ``constitution``'s rating question and the score is the expected
+    rating under its option probabilities, scaled to [0, 1]).
     """
 
-    kind: Literal["reward_model", "gym_gold", "function", "self_judge"]
+    kind: Literal["reward_model", "gym_gold", "function", "self_judge", "judge"]
     weight: float = 1.0
     name: str | None = None
     path: str | None = None
     gym: str | None = None
     function: str | None = None
     template: str | None = None
+    judge: JudgeSettings | None = None
+    constitution: str = "default"
     batch_size: int = Field(32, ge=1)
 
     @model_validator(mode="after")
     def _check_source(self) -> "ScorerSettings":
-        needed = {"reward_model": "path", "gym_gold": "gym", "function": "function"}.get(self.kind)
+        needed = {"reward_model": "path", "gym_gold": "gym", "function": "function",
+                  "judge": "judge"}.get(self.kind)
         if needed and getattr(self, needed) is None:
             raise ValueError(f"reward kind {self.kind!r} needs {needed!r}")
         if self.kind == "function" and ":" not in (self.function or ""):
@@ -362,6 +530,10 @@ STAGE_CONFIGS: dict[str, type[StrictModel]] = {
     "eval": EvalConfig,
     "gym": GymBuildConfig,
     "report": ReportConfig,
+    "label": LabelConfig,
+    "revise": ReviseConfig,
+    "distill": DistillConfig,
+    "synth": SynthConfig,
 }
 
 

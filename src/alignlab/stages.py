@@ -19,7 +19,7 @@ DONE_MARKER = "DONE"
 def stage_output(cfg: BaseModel) -> Path:
     """Where a stage's output will be, known before it runs (recipes link stages through this)."""
     out = Path(cfg.out)
-    if cfg.stage in ("sft", "rm", "dpo", "preference", "online"):
+    if cfg.stage in ("sft", "rm", "dpo", "preference", "online", "distill"):
         return out / "model"
     return out
 
@@ -59,6 +59,22 @@ def _runner(stage: str):
     if stage == "report":
         from alignlab.eval.report import run_report
         return run_report
+    return _feedback_runner(stage)
+
+
+def _feedback_runner(stage: str):
+    if stage == "label":
+        from alignlab.feedback.labeling import run_label
+        return run_label
+    if stage == "revise":
+        from alignlab.feedback.revise import run_revise
+        return run_revise
+    if stage == "distill":
+        from alignlab.train.distill import run_distill
+        return run_distill
+    if stage == "synth":
+        from alignlab.data.synth import run_synth
+        return run_synth
     raise ValueError(f"no runner for stage {stage!r}")
 
 

@@ -191,6 +191,10 @@ def build_one_scorer(settings, policy=None, tokenizer=None, device=None):
             raise ValueError("reward kind 'self_judge' needs the policy model")
         extra = {"template": settings.template} if settings.template else {}
         return SelfJudgeScorer(policy, tokenizer, batch_size=settings.batch_size, name=name, **extra)
+    if settings.kind == "judge":
+        from alignlab.feedback.direct import judge_scorer
+
+        return judge_scorer(settings, device, name)
     return reward_model_scorer(settings, device, name)
 
 
