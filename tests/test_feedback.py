@@ -354,3 +354,32 @@ def test_judge_scorer_from_online_settings(judge_folder):
     assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores) and scores[0] != scores[1]
     with pytest.raises(Exception, match="needs 'judge'"):
         ScorerSettings(kind="judge")
+
+
+def test_http_judge_labels_equal_local_labels(tmp_path, judge_folder):
+    """The same labelling job through the loopback OpenAI-compatible server and through a local forward.
+    The HTTP judge renders with the judge folder's chat template (``judge.model``), so the texts match."""
+    from alignlab.feedback.testing_server import serve_completions
+    from alignlab.models.loading import load_causal_lm
+    from alignlab.config import ModelSettings
+    from alignlab.stages import run_stage
+
+    data = _pairs_file(tmp_path / "pairs.jsonl", 3)
+    model, tok = load_causal_lm(ModelSettings(path=judge_folder), for_training=False)
+    server, url = serve_completions(model, tok, model_name="tiny", max_logprobs=100)
+    try:
+        args = _label_args(judge_folder, data, tmp_path / "http")[1:]
+        run_stage(load_stage_config("label", None, args + ["judge.kind=http", f"judge.url={url}",
+                                                           "judge.model_name=tiny",
+                                                           "judge.top_logprobs=100"]))
+    finally:
+        server.shutdown()
+        server.server_close()
+    run_stage(load_stage_config("label", None, _label_args(judge_folder, data, tmp_path / "local")[1:]))
+    stats = json.loads((tmp_path / "http" / "label_stats.json").read_text())
+    assert stats["http_missing_options"] == 0
+    http_rows = [json.loads(x) for x in (tmp_path / "http" / "labels.jsonl").read_text().splitlines()]
+    local_rows = [json.loads(x) for x in (tmp_path / "local" / "labels.jsonl").read_text().splitlines()]
+    for h, loc in zip(http_rows, local_rows):
+        assert h["p_chosen_first"] == pytest.approx(loc["p_chosen_first"], abs=1e-4)
+        assert h["p_chosen_second"] == pytest.approx(loc["p_chosen_second"], abs=1e-4)

@@ -1,6 +1,7 @@
 """The ``alignlab`` command: one sub-command per stage, ``run`` for a recipe, ``quickstart``.
 
     alignlab gym build --out DIR [--seed N]
+    alignlab gym feedback --gym DIR [--out DIR] [--steps N]   (the gym's judge/reviser model)
     alignlab sft  --config sft.yaml  [key.sub=value ...]
     alignlab rm   --config rm.yaml   [key.sub=value ...]
     alignlab dpo  --config dpo.yaml  [key.sub=value ...]   (alias: alignlab preference)
@@ -51,11 +52,12 @@ def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[l
     from alignlab.stages import run_stage
 
     from alignlab.feedback.constitution import ConstitutionError
+    from alignlab.feedback.http import JudgeError
 
     try:
         cfg = load_stage_config(stage, str(config) if config else None, overrides or [])
         output = run_stage(cfg)
-    except (ConfigError, RecordError, FileNotFoundError, ConstitutionError) as exc:
+    except (ConfigError, RecordError, FileNotFoundError, ConstitutionError, JudgeError) as exc:
         _fail(str(exc))
     typer.echo(f"{stage}: done → {output}")
 
@@ -148,6 +150,23 @@ def gym_build(out: Path = typer.Option(..., "--out", help="Folder for the gym.")
     overrides = [f"out={out}", f"seed={seed}", f"pretrain_seconds={pretrain_seconds}",
                  f"length_bias={length_bias}"]
     _run_stage_command("gym", None, overrides)
+
+
+@gym_app.command("feedback")
+def gym_feedback(gym: Path = typer.Option(..., "--gym", help="A built gym folder."),
+                 out: Optional[Path] = typer.Option(None, "--out",
+                                                    help="Run folder (default <gym>/feedback_model)."),
+                 steps: Optional[int] = typer.Option(None, "--steps",
+                                                     help="Optimiser steps (default: one epoch)."),
+                 seed: int = typer.Option(0, help="Corpus and training seed.")) -> None:
+    """Train the gym's feedback model (judge + reviser) on gold-labelled judge documents."""
+    from alignlab.gym.feedback import build_feedback_model
+
+    try:
+        model = build_feedback_model(gym, out, steps=steps, seed=seed)
+    except (ConfigError, RecordError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"gym feedback: done → {model}")
 
 
 @app.command("run")

@@ -218,10 +218,11 @@ class JudgeSettings(StrictModel):
     ``kind``: ``local`` (a causal LM; option probabilities read from one forward pass),
     ``reward_model`` (``model`` is a reward-model folder; P(first) = sigmoid(r_first - r_second)) or
     ``http`` (an OpenAI-compatible ``/v1/completions`` endpoint at ``url`` that returns
-    ``logprobs``, e.g. a vLLM server; ``model_name`` is the request's ``model`` field). The API key
+    ``logprobs``, e.g. a vLLM server; ``model_name`` is the request's ``model`` field; ``model``, when
+    set, only lends its tokenizer's chat template for rendering, otherwise the HH format). The API key
     is read from the environment variable named by ``api_key_env`` and is never written anywhere.
     ``top_logprobs`` is how many alternatives the endpoint is asked for (an option outside them gets
-    no probability mass).
+    no probability mass; vLLM serves at most its ``--max-logprobs``, 20 by default).
     """
 
     kind: Literal["local", "reward_model", "http"] = "local"
@@ -229,7 +230,7 @@ class JudgeSettings(StrictModel):
     url: str | None = None
     model_name: str | None = None
     api_key_env: str | None = None
-    top_logprobs: int = Field(20, ge=1, le=20)
+    top_logprobs: int = Field(20, ge=1, le=1000)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
     batch_size: int = Field(16, ge=1)

@@ -151,5 +151,10 @@ def build_judge(settings, device=None):
         rm = ScorerSettings(kind="reward_model", path=settings.model.path, batch_size=settings.batch_size)
         return RewardModelJudge(reward_model_scorer(rm, device or torch.device("cpu"), "reward_model"))
     from alignlab.feedback.http import HTTPJudge
+    from alignlab.models.loading import load_tokenizer, resolve_model_source
 
-    return HTTPJudge(settings)
+    judge = HTTPJudge(settings)
+    if settings.model is not None:  # render with the served model's chat template
+        source, extra = resolve_model_source(settings.model)
+        judge.tokenizer = load_tokenizer(source, settings.model, extra)
+    return judge
