@@ -340,7 +340,8 @@ class SynthConfig(StrictModel):
     ``mode: self_instruct`` (Wang et al. 2023, "Self-Instruct"): ``model`` writes new instructions
     from prompts of ``prompt_tasks`` example tasks (``machine_tasks`` of them from its own accepted
     output once there is some), filtered and ROUGE-L de-duplicated (``rouge_threshold``), then
-    answers them. ``mode: template``: every labelled instance of ``seed_tasks`` is turned into an
+    answers them; it stops after ``max_requests`` requests (default 3 per instruction asked for) even
+    when fewer were accepted. ``mode: template``: every labelled instance of ``seed_tasks`` is turned into an
     instruction conversation with ``templates``. ``seed_tasks`` has the format of self-instruct's
     ``seed_tasks.jsonl``. Resumable.
     """
@@ -350,6 +351,7 @@ class SynthConfig(StrictModel):
     model: ModelSettings | None = None
     seed_tasks: str
     num_instructions: int = Field(100, ge=1)
+    max_requests: int | None = Field(None, ge=1)
     prompt_tasks: int = Field(8, ge=1)
     machine_tasks: int = Field(2, ge=0)
     rouge_threshold: float = Field(0.7, gt=0.0, le=1.0)
@@ -368,6 +370,10 @@ class SynthConfig(StrictModel):
             raise ValueError("mode 'self_instruct' needs 'model'")
         if self.machine_tasks > self.prompt_tasks:
             raise ValueError("machine_tasks cannot exceed prompt_tasks")
+        if self.templates:
+            from alignlab.data.synth import check_templates
+
+            check_templates(self.templates)
         return self
 
 
