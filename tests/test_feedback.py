@@ -118,13 +118,15 @@ def test_option_branch_shares_common_tokens():
 def test_read_option_probs_matches_a_direct_forward_with_padding():
     tok, model = _tok(), make_tiny_lm()
     a, b = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
-    rows = [([1, 10, 11, 12, 13], [a, b]), ([1, 20, 21], [a, b])]
+    # shortest first: the reader sorts by length into batches and must put results back in order
+    rows = [([1, 20, 21], [a, b]), ([1, 10, 11, 12, 13], [b, a]), ([1, 5, 6, 7], [a, b])]
     probs, mass = read_option_probs(model, rows, pad_id=0, batch_size=2)
-    for (ctx, _), p, m in zip(rows, probs, mass):
+    assert probs[0] != probs[2]
+    for (ctx, (x, y)), p, m in zip(rows, probs, mass):
         with torch.no_grad():
             full = torch.softmax(model(torch.tensor([ctx])).logits[0, -1].float(), -1)
-        assert p[0] == pytest.approx((full[a] / (full[a] + full[b])).item(), abs=1e-5)
-        assert m == pytest.approx((full[a] + full[b]).item(), abs=1e-6)
+        assert p[0] == pytest.approx((full[x] / (full[x] + full[y])).item(), abs=1e-5)
+        assert m == pytest.approx((full[x] + full[y]).item(), abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- labels

@@ -73,19 +73,22 @@ def read_option_probs(model, rows: Sequence[tuple[list[int], list[int]]], pad_id
     from alignlab.models.reference import eval_mode, model_device
 
     device = model_device(model)
-    probs: list[list[float]] = []
-    mass: list[float] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        ids, attn = left_pad([c for c, _ in chunk], pad_id)
-        with torch.no_grad(), eval_mode(model):
+    probs: list[list[float]] = [[] for _ in rows]
+    mass: list[float] = [0.0 for _ in rows]
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # little padding per batch
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        ids, attn = left_pad([rows[i][0] for i in chunk], pad_id)
+        with torch.no_grad(), eval_mode(model):  # logits of the last position only
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device),
-                           position_ids=default_position_ids(attn).to(device)).logits[:, -1].float()
+                           position_ids=default_position_ids(attn).to(device),
+                           logits_to_keep=1).logits[:, -1].float()
         logp = torch.log_softmax(logits, -1)
-        picked = torch.stack([logp[i, torch.tensor(opts, device=device)] for i, (_, opts)
-                              in enumerate(chunk)])
-        probs += torch.softmax(picked, -1).cpu().tolist()
-        mass += picked.exp().sum(-1).cpu().tolist()
+        picked = torch.stack([logp[j, torch.tensor(rows[i][1], device=device)]
+                              for j, i in enumerate(chunk)])
+        for j, i in enumerate(chunk):
+            probs[i] = torch.softmax(picked[j], -1).cpu().tolist()
+            mass[i] = float(picked[j].exp().sum())
     return probs, mass
 
 
