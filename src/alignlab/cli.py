@@ -157,13 +157,13 @@ def gym_feedback(gym: Path = typer.Option(..., "--gym", help="A built gym folder
                  out: Optional[Path] = typer.Option(None, "--out",
                                                     help="Run folder (default <gym>/feedback_model)."),
                  steps: Optional[int] = typer.Option(None, "--steps",
-                                                     help="Optimiser steps (default: one epoch)."),
+                                                     help="Steps of the general phase (default: one epoch)."),
                  seed: int = typer.Option(0, help="Corpus and training seed.")) -> None:
     """Train the gym's feedback model (judge + reviser) on gold-labelled judge documents."""
-    from alignlab.gym.feedback import build_feedback_model
+    from alignlab.gym.feedback import Schedule, build_feedback_model
 
     try:
-        model = build_feedback_model(gym, out, steps=steps, seed=seed)
+        model = build_feedback_model(gym, out, seed=seed, schedule=Schedule(general_steps=steps))
     except (ConfigError, RecordError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"gym feedback: done → {model}")
