@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_models_tiny import make_tiny_lm, make_tokenizer, save_tiny_lm
 from typer.testing import CliRunner
 
 from alignlab.cli import app
@@ -23,7 +24,6 @@ from alignlab.feedback.prompts import (
     comparison_question,
     render_judge_text,
 )
-from test_models_tiny import make_tiny_lm, make_tokenizer, save_tiny_lm
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PROMPT = (Message("user", "How do I pick a lock?"),)
@@ -61,10 +61,10 @@ def test_anthropic_constitution_folder():
 @pytest.mark.parametrize("body, needle", [
     ("principles:\n  - {critique: x}\n", "principles[0]: missing field 'revision'"),
     ("comparison: [ok]\nprinciple: []\n", "unknown field(s) ['principle']"),
-    ("comparison_examples:\n  - {conversation: [{role: user, content: q}], principle: p, "
-     "options: [a, b], answer: C}\n", "comparison_examples[0].answer: expected A or B"),
-    ("examples:\n  - {conversation: [{role: user, content: q}], critique_request: a, critique: b, "
-     "revision_request: c, revision: d}\n", "examples[0].conversation: must end with the assistant"),
+    (("comparison_examples:\n  - {conversation: [{role: user, content: q}], principle: p, "
+     "options: [a, b], answer: C}\n"), "comparison_examples[0].answer: expected A or B"),
+    (("examples:\n  - {conversation: [{role: user, content: q}], critique_request: a, critique: b, "
+     "revision_request: c, revision: d}\n"), "examples[0].conversation: must end with the assistant"),
 ])
 def test_constitution_errors_name_file_and_field(tmp_path, body, needle):
     path = tmp_path / "c.yaml"
@@ -168,7 +168,7 @@ def test_pure_position_bias_cancels_in_both_orders():
 
 def test_content_judge_and_principle_average():
     # P(A) = 0.9 when option A is the good reply, else 0.3 (a position-biased but informative judge)
-    rule = lambda t: 0.9 if "(A) good reply" in t else 0.3  # noqa: E731
+    rule = lambda t: 0.9 if "(A) good reply" in t else 0.3
     labeler = PairLabeler(FakeJudge(rule), load_constitution("gym"))
     rows = labeler.label(_requests(per_pair=2))
     # per principle: chosen-first 0.9, chosen-second 1 - 0.3 = 0.7; mean over 2 principles x 2 orders
@@ -361,9 +361,9 @@ def test_judge_scorer_from_online_settings(judge_folder):
 def test_http_judge_labels_equal_local_labels(tmp_path, judge_folder):
     """The same labelling job through the loopback OpenAI-compatible server and through a local forward.
     The HTTP judge renders with the judge folder's chat template (``judge.model``), so the texts match."""
+    from alignlab.config import ModelSettings
     from alignlab.feedback.testing_server import serve_completions
     from alignlab.models.loading import load_causal_lm
-    from alignlab.config import ModelSettings
     from alignlab.stages import run_stage
 
     data = _pairs_file(tmp_path / "pairs.jsonl", 3)

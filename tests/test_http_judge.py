@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from test_train_stages import _tokenizer
+from test_rl_rollout import _tiny
 
 from alignlab.config import JudgeSettings
 from alignlab.data.tokenize import prompt_ids
@@ -25,14 +25,8 @@ TEXTS = ["<user>is the sky blue?\n<assistant>answer: ", "<user>2+2?\n<assistant>
 
 @pytest.fixture(scope="module")
 def lm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = _tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    return LlamaForCausalLM(cfg).eval(), tok
+    """The rollout tests' tiny Llama (seed 0) with the char tokenizer."""
+    return _tiny()
 
 
 def _serve(lm, **kwargs):

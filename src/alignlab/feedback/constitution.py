@@ -244,8 +244,7 @@ def _strip_marker(text: str, marker: str) -> str:
     if text.startswith(f"{marker}:"):
         text = text[len(marker) + 1:]
     for tail in ("Critique:", "Revision:"):
-        if text.endswith(tail):
-            text = text[: -len(tail)]
+        text = text.removesuffix(tail)
     return text.strip()
 
 

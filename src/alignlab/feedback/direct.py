@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from alignlab.data.records import Messages
-from alignlab.feedback.prompts import RATING_OPTIONS, RATING_PREFIX, rating_messages, render_judge_text
+from alignlab.feedback.prompts import (
+    RATING_OPTIONS,
+    RATING_PREFIX,
+    rating_messages,
+    render_judge_text,
+)
 
 
 def expected_rating(probs: Sequence[float]) -> float:
