@@ -87,6 +87,13 @@ def _vocab_head(model):
     return base, head
 
 
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Vocabulary logits (upcast, with the config's logit transform) of final hidden states
+    ``hidden`` [..., H], for callers that project only some positions."""
+    base, head = _vocab_head(model)
+    return _transform_logits(_upcast(head(hidden)), base.config)
+
+
 def _head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, config,
                    chunk: int) -> torch.Tensor:
     """Log-probs of ``targets`` [M] from ``hidden`` [M, H], ``chunk`` rows at a time (checkpointed

@@ -46,7 +46,7 @@ from alignlab.data.tokenize import Encoded, encode_conversation, prompt_ids, ren
 from alignlab.generation.hf import HFGenerator
 from alignlab.losses.distill import coarse_kl_sum
 from alignlab.models.loading import load_causal_lm, load_tokenizer, resolve_model_source
-from alignlab.models.logprobs import _transform_logits, _upcast, _vocab_head, final_hidden_states
+from alignlab.models.logprobs import final_hidden_states, head_logits
 from alignlab.runs import RunFolder
 from alignlab.train.common import batched, report_data, save_final, start_stage
 from alignlab.train.loop import main_log, train_loop
@@ -103,11 +103,6 @@ def trained_positions(encoded: Encoded, mode: str) -> list[int]:
 # ----------------------------------------------------------------------------- forward passes
 
 
-def _head_rows(model, hidden: torch.Tensor) -> torch.Tensor:
-    base, head = _vocab_head(model)
-    return _transform_logits(_upcast(head(hidden)), base.config)
-
-
 def _picked_hidden(model, input_ids, attention_mask, rows, cols) -> torch.Tensor:
     hidden = final_hidden_states(model, input_ids, attention_mask)
     return hidden[rows, cols]
@@ -131,7 +126,7 @@ def teacher_topk(model, sequences: list[list[int]], positions: list[list[int]], 
                             batch["attention_mask"].to(device), rows.to(device), cols.to(device))
     ids, probs = [], []
     for start in range(0, hidden.shape[0], HEAD_CHUNK):
-        p = torch.softmax(_head_rows(model, hidden[start:start + HEAD_CHUNK]), dim=-1)
+        p = torch.softmax(head_logits(model, hidden[start:start + HEAD_CHUNK]), dim=-1)
         top = torch.topk(p, min(k, p.shape[-1]), dim=-1)
         ids.append(top.indices.int().cpu())
         probs.append(top.values.float().cpu())
@@ -139,7 +134,7 @@ def teacher_topk(model, sequences: list[list[int]], positions: list[list[int]], 
 
 
 def _chunk_kl(hidden, ids, probs, model) -> torch.Tensor:
-    return coarse_kl_sum(_head_rows(model, hidden), ids, probs)[0]
+    return coarse_kl_sum(head_logits(model, hidden), ids, probs)[0]
 
 
 class DistillModule(torch.nn.Module):
