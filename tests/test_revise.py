@@ -231,3 +231,15 @@ def test_cli_end_to_end_with_tiny_model(tiny_model, tmp_path):  # noqa: F811
     assert (out / "DONE").is_file() and (out / "config.yaml").is_file()
     bad = CliRunner().invoke(app, ["cai", "revise", "--config", str(config), "few_shot=2"])
     assert bad.exit_code == 2 and "few_shot=2" in bad.output
+
+
+def test_reviser_generation_applies_to_critiques_and_revisions_only(tmp_path):
+    cfg = _config(tmp_path, tmp_path / "out", n=2, flush_every=8,
+                  generation=GenerationSettings(max_new_tokens=8, temperature=1.0, seed=3),
+                  reviser_generation=GenerationSettings(max_new_tokens=5, temperature=0.0, seed=99))
+    gen = FakeGenerator()
+    _run(cfg, gen)
+    used = [(c[1].temperature, c[1].max_new_tokens) for c in gen.calls]
+    assert used == [(1.0, 8)] + [(0.0, 5)] * 4
+    # seeds still derive from generation.seed, so switching the reviser's settings moves no seed
+    assert [c[1].seed for c in gen.calls] == [step_seed(3, 0, s) for s in range(5)]

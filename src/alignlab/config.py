@@ -293,6 +293,8 @@ class ReviseConfig(StrictModel):
     ``model`` answers each prompt in ``prompts``; then, ``rounds`` times, a principle drawn at random
     from the constitution asks ``reviser`` (default: ``model``) for a critique and then a revision of
     the latest answer. ``few_shot`` prepends that many of the constitution's worked examples.
+    ``generation`` samples the answers and, unless ``reviser_generation`` is set (e.g. sampled
+    answers, greedy critiques), the critiques and revisions too.
     Writes ``revisions.jsonl`` (every step), ``sft.jsonl`` (prompt + final revision, the SL-CAI data)
     and ``prefs.jsonl`` (final revision preferred to the initial answer). Resumable.
     """
@@ -305,6 +307,7 @@ class ReviseConfig(StrictModel):
     rounds: int = Field(1, ge=1)
     few_shot: int = Field(0, ge=0)
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=128))
+    reviser_generation: GenerationSettings | None = None
     flush_every: int = Field(16, ge=1)
     seed: int = 0
     out: str

@@ -105,20 +105,25 @@ class Reviser:
     """
 
     def __init__(self, answerer, critic, examples: Sequence[RevisionExample],
-                 generation: GenerationSettings, label=lambda p: p.name):
-        if generation.num_samples != 1:
-            raise ConfigError(f"generation.num_samples: revise writes one answer per step, got "
-                              f"{generation.num_samples}; set it to 1")
+                 generation: GenerationSettings, label=lambda p: p.name,
+                 critic_generation: GenerationSettings | None = None):
+        for name, g in (("generation", generation), ("reviser_generation", critic_generation)):
+            if g is not None and g.num_samples != 1:
+                raise ConfigError(f"{name}.num_samples: revise writes one answer per step, got "
+                                  f"{g.num_samples}; set it to 1")
         self.answerer, self.critic = answerer, critic
         self.examples = tuple(examples)
         self.generation = generation
+        self.critic_generation = critic_generation or generation
         self.label = label
 
     def _generate(self, generator, messages: list[Messages], chunk_start: int, step: int) -> list[str]:
+        """Step 0 (answers) samples with ``generation``, critiques and revisions with
+        ``critic_generation``; the seed always derives from ``generation.seed``."""
         if not messages:
             return []
-        settings = self.generation.model_copy(
-            update={"seed": step_seed(self.generation.seed, chunk_start, step)})
+        base = self.generation if step == 0 else self.critic_generation
+        settings = base.model_copy(update={"seed": step_seed(self.generation.seed, chunk_start, step)})
         return [clean_text(samples[0].text) for samples in generator.generate(messages, settings)]
 
     def revise(self, plans: Sequence[RevisionPlan], chunk_start: int) -> list[dict]:
@@ -259,7 +264,8 @@ def run_revise(cfg, run, generators=None) -> None:
     if chunks:
         answerer, critic = generators or build_generators(cfg)
         reviser = Reviser(answerer, critic, examples, cfg.generation,
-                          label=lambda p: principle_label(constitution, p))
+                          label=lambda p: principle_label(constitution, p),
+                          critic_generation=cfg.reviser_generation)
         t0, written = time.perf_counter(), 0
         for start, todo in chunks:
             job.append(reviser.revise([plans[i] for i in todo], start))
