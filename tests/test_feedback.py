@@ -53,9 +53,15 @@ def test_anthropic_constitution_folder():
     assert c.principles[0].critique.startswith("Identify specific ways")
     assert not c.principles[0].critique.endswith("Critique:")
     assert not any(q.endswith("Options:") for q in c.comparison)
+    assert [e.answer for e in c.comparison_examples] == ["A", "B", "A", "B", "A"]
+    assert c.comparison_examples[1].options[1].startswith(_raw_correct(1))
     first = c.examples[0]
     assert [m.role for m in first.conversation] == ["user", "assistant", "user", "assistant"]
     assert first.revision.startswith("I'm sorry")
+
+
+def _raw_correct(i):
+    return json.loads((SHARED / "constitution" / "RLMadisonFewShotPrompts.json").read_text())[i]["corrects"][0][:20]
 
 
 @pytest.mark.parametrize("body, needle", [
@@ -196,6 +202,9 @@ def test_cot_rationale_then_clamped_options():
     # chosen first: 0.95 -> 0.6; chosen second: 1 - 0.1 = 0.9 -> 0.6
     assert rows[0]["p_chosen_first"] == [0.6] and rows[0]["p_chosen_second"] == [0.6]
     assert clean_rationale("x\n\nHuman: y") == "x"
+    # a rationale that starts with a blank line keeps its text; "the answer is not ..." is not cut
+    assert clean_rationale("\n\nB is kind. The answer is not A.\n\nmore") == "B is kind. The answer is not A."
+    assert clean_rationale(" B is kind. So the answer is (B)") == "B is kind. So the"
 
 
 def test_reward_model_judge_is_bradley_terry():
@@ -252,6 +261,7 @@ def test_label_cli_writes_soft_labels_and_stats(tmp_path, judge_folder):
     assert all(0 < r["label"] < 1 and len(r["p_chosen_second"]) == 2 for r in rows)
     stats = json.loads((tmp_path / "run" / "label_stats.json").read_text())
     assert stats["pairs"] == 5 and stats["queries"] == 20 and 0 < stats["mean_option_mass"] < 1
+    assert stats["truncated_queries_this_run"] == 0
     from alignlab.config import DataSettings
     from alignlab.data.loading import load_records
 
@@ -385,3 +395,10 @@ def test_http_judge_labels_equal_local_labels(tmp_path, judge_folder):
     for h, loc in zip(http_rows, local_rows):
         assert h["p_chosen_first"] == pytest.approx(loc["p_chosen_first"], abs=1e-4)
         assert h["p_chosen_second"] == pytest.approx(loc["p_chosen_second"], abs=1e-4)
+
+
+def test_local_judge_counts_truncated_contexts():
+    tok, model = _tok(), make_tiny_lm()
+    judge = LocalJudge(model, tok, max_length=10)
+    judge.option_probs(["short", "a context that is much longer than ten tokens"], ["A", "B"])
+    assert judge.truncated == 1  # "short" + bos = 6 tokens fits; the long one keeps its last 10

@@ -283,7 +283,10 @@ def parse_revision_transcript(text: str, where: str) -> RevisionExample:
                            sections["RevisionRequest"], sections["Revision"])
 
 
-def _anthropic_comparison_example(raw: Any, where: str, principle: str) -> ComparisonExample:
+def _anthropic_comparison_example(raw: Any, where: str, principle: str,
+                                  correct_second: bool = False) -> ComparisonExample:
+    """One of Anthropic's multiple-choice examples; ``correct_second`` lists the correct reply as (B)
+    (the loader alternates, so few-shot examples do not all teach position A)."""
     if not isinstance(raw, dict) or not {"prompt", "corrects", "incorrects"} <= set(raw):
         raise ConstitutionError(f"{where}: expected fields prompt, corrects, incorrects")
     parts = _MARKERS.split(raw["prompt"])
@@ -291,9 +294,11 @@ def _anthropic_comparison_example(raw: Any, where: str, principle: str) -> Compa
                   for k, v in zip(parts[1::2], parts[2::2]) if v.strip())
     if not turns:
         raise ConstitutionError(f"{where}.prompt: no Human turn found")
-    return ComparisonExample(turns, principle,
-                             (_text(raw["corrects"][0], f"{where}.corrects[0]"),
-                              _text(raw["incorrects"][0], f"{where}.incorrects[0]")), "A")
+    good = _text(raw["corrects"][0], f"{where}.corrects[0]")
+    bad = _text(raw["incorrects"][0], f"{where}.incorrects[0]")
+    if correct_second:
+        return ComparisonExample(turns, principle, (bad, good), "B")
+    return ComparisonExample(turns, principle, (good, bad), "A")
 
 
 def _from_anthropic_folder(folder: Path, only: str | None = None) -> Constitution:
@@ -316,7 +321,8 @@ def _from_anthropic_folder(folder: Path, only: str | None = None) -> Constitutio
     comparison_examples: tuple[ComparisonExample, ...] = ()
     if files["comparison_examples"].is_file() and comparison:
         comparison_examples = tuple(
-            _anthropic_comparison_example(e, f"{files['comparison_examples']}[{i}]", comparison[0])
+            _anthropic_comparison_example(e, f"{files['comparison_examples']}[{i}]", comparison[0],
+                                          correct_second=i % 2 == 1)
             for i, e in enumerate(_read_json(files["comparison_examples"])))
     return Constitution("anthropic-cai", principles, comparison, None, examples, comparison_examples,
                         source=str(folder))

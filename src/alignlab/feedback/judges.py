@@ -104,11 +104,13 @@ class LocalJudge:
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length, self.name = batch_size, max_length, name
         self.last_mass: list[float] = []
+        self.truncated = 0  # queries whose context lost its start to max_length (running count)
 
     def option_probs(self, texts: Sequence[str], options: Sequence[str]) -> list[list[float]]:
         rows = []
         for text in texts:
             context, ids = option_branch(self.tokenizer, text, options)
+            self.truncated += len(context) > self.max_length
             rows.append((context[-self.max_length:], ids))
         probs, self.last_mass = read_option_probs(self.model, rows, self.tokenizer.pad_token_id,
                                                   self.batch_size)

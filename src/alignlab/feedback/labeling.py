@@ -56,8 +56,10 @@ def make_requests(pairs: Sequence[PreferencePair], constitution: Constitution, p
 
 
 def clean_rationale(text: str) -> str:
-    """A sampled rationale up to where the model starts to give its answer or a new turn."""
-    for marker in ("answer is", "\n\n"):
+    """A sampled rationale (leading whitespace dropped) up to a new paragraph/turn or to where the
+    model gives its own final answer ("answer is: (" / "answer is (")."""
+    text = text.lstrip()
+    for marker in ("\n\n", "answer is: (", "answer is ("):
         cut = text.find(marker)
         if cut >= 0:
             text = text[:cut]
@@ -259,6 +261,8 @@ def run_label(cfg, run) -> None:
                 (start + len(todo[start:start + cfg.flush_every])) / max(seconds, 1e-9), 3)})
     stats = label_stats(job.sorted_rows())
     stats["pairs_per_s_this_run"] = round(len(todo) / seconds, 3) if seconds else None
+    if labeler is not None and hasattr(labeler.judge, "truncated"):
+        stats["truncated_queries_this_run"] = labeler.judge.truncated
     if labeler is not None and hasattr(labeler.judge, "missing_options"):
         stats["http_missing_options"] = labeler.judge.missing_options
     run.write_json("label_stats.json", stats)
