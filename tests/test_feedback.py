@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from alignlab.cli import app
 from alignlab.config import ConfigError, GenerationSettings, load_stage_config
+from alignlab.data.errors import RecordError
 from alignlab.data.records import Message, PreferencePair
 from alignlab.feedback.constitution import ConstitutionError, load_constitution
 from alignlab.feedback.direct import JudgeScorer, expected_rating
@@ -306,7 +307,7 @@ def test_killed_label_job_resumes_without_repeats_or_losses(tmp_path, judge_fold
 def test_jsonl_job_rejects_a_corrupt_middle_line(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"index": 0}\nnot json\n{"index": 2}\n')
-    with pytest.raises(ValueError, match=r"rows.jsonl:2: corrupt row"):
+    with pytest.raises(RecordError, match=r"rows.jsonl:2: corrupt row"):
         JsonlJob(path)
 
 
@@ -360,10 +361,24 @@ def test_judge_scorer_from_online_settings(judge_folder):
     from alignlab.config import ScorerSettings
     from alignlab.rl.scorers import build_scorer
 
+    from alignlab.config import ModelSettings
+    from alignlab.feedback.prompts import rating_messages
+    from alignlab.models.loading import load_causal_lm
+
     settings = ScorerSettings(kind="judge", judge={"model": {"path": judge_folder}}, constitution="gym")
     scorer = build_scorer([settings])
     scores = scorer.score([PROMPT] * 2, ["no", "a long answer"])
-    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores) and scores[0] != scores[1]
+    # by hand: one forward on the rendered rating question, softmax over the tokens "1".."5"
+    model, tok = load_causal_lm(ModelSettings(path=judge_folder), for_training=False)
+    question = load_constitution("gym").rating
+    for reply, score in zip(["no", "a long answer"], scores):
+        text = render_judge_text(tok, rating_messages(PROMPT, reply, question), "Rating: ")
+        with torch.no_grad():
+            ids = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        digits = [tok.convert_tokens_to_ids(d) for d in "12345"]
+        p = torch.softmax(logits[digits], -1)
+        assert score == pytest.approx(sum(i * p[i].item() for i in range(5)) / 4, abs=1e-5)
     with pytest.raises(Exception, match="needs 'judge'"):
         ScorerSettings(kind="judge")
 

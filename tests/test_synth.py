@@ -311,7 +311,7 @@ def test_scripted_resume_equals_straight_run(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(HFGenerator, "generate", _scripted_generate(calls))
     crashed = CliRunner().invoke(app, ["synth", "--config", str(config)])
     assert isinstance(crashed.exception, RuntimeError)
-    assert len(read_journal(tmp_path / "a" / "requests.jsonl")[0]) == 2
+    assert len(read_journal(tmp_path / "a" / "requests.jsonl")[0].rows) == 2
     with open(tmp_path / "a" / "requests.jsonl", "a") as fh:   # a torn line from the kill
         fh.write('{"request": 2, "items": [')
     calls.update(n=0, crash_after=10 ** 9)

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import string
@@ -61,6 +60,7 @@ from alignlab.data.readers import require
 from alignlab.data.records import Conversation, Message, record_to_dict
 from alignlab.data.rouge import RougePool
 from alignlab.data.sources import iter_rows
+from alignlab.feedback.jobs import JsonlJob, append_jsonl, write_jsonl_atomic
 
 JOURNAL = "requests.jsonl"
 INSTRUCTIONS = "instructions.jsonl"
@@ -378,45 +378,15 @@ def answer_instructions(instructions: Sequence[str], cfg: SynthConfig, index: in
 # ----------------------------------------------------------------------------- journal and views
 
 
-def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write ``rows`` to ``path`` through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
-
-
-def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Append ``rows`` and flush them to disk."""
-    with open(path, "a") as fh:
-        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_journal(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """The journal's rows and whether a torn last line was dropped; a bad line elsewhere, or rows
-    out of order, raise RecordError naming the line."""
-    if not path.is_file():
-        return [], False
-    lines = path.read_text().split("\n")
-    rows, torn = [], False
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if any(rest.strip() for rest in lines[number:]):
-                raise RecordError(str(path), number, None, "corrupt journal line") from None
-            torn = True
-            break
-        if not isinstance(row, dict) or row.get("request") != len(rows):
+def read_journal(path: Path) -> tuple[JsonlJob, bool]:
+    """The journal (a :class:`~alignlab.feedback.jobs.JsonlJob`: a torn last line is dropped) and
+    whether a torn line was dropped; rows out of order raise RecordError naming the line."""
+    job = JsonlJob(path)
+    for number, row in enumerate(job.rows, start=1):
+        if not isinstance(row, dict) or row.get("request") != number - 1:
             got = row.get("request") if isinstance(row, dict) else row
-            raise RecordError(str(path), number, "request",
-                              f"expected request {len(rows)}, got {got!r}")
-        rows.append(row)
-    return rows, torn
+            raise RecordError(str(path), number, "request", f"expected request {number - 1}, got {got!r}")
+    return job, job.dropped_torn_line
 
 
 def instruction_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -473,15 +443,14 @@ def check_settings(folder: Path, cfg: SynthConfig, has_rows: bool) -> None:
 # ----------------------------------------------------------------------------- self-instruct run
 
 
-def resume(cfg: SynthConfig, run, seeds: Sequence[str]) -> tuple[list[dict[str, Any]], InstructionPool]:
-    """Journal rows so far, the pool rebuilt from them, and ``instructions.jsonl``/``sft.jsonl``
+def resume(cfg: SynthConfig, run, seeds: Sequence[str]) -> tuple[JsonlJob, InstructionPool]:
+    """The journal so far, the pool rebuilt from its rows, and ``instructions.jsonl``/``sft.jsonl``
     rewritten to match the journal (a torn last journal line is dropped)."""
-    journal = run.path / JOURNAL
-    rows, torn = read_journal(journal)
+    journal, torn = read_journal(run.path / JOURNAL)
+    rows = journal.rows
     check_settings(run.path, cfg, bool(rows))
     if torn:
-        write_jsonl_atomic(journal, rows)
-        run.log(f"dropped a torn last line of {journal}")
+        run.log(f"dropped a torn last line of {journal.path}")
     pool = InstructionPool.from_seeds(seeds)
     for row in rows:
         for item in row["items"]:
@@ -492,7 +461,7 @@ def resume(cfg: SynthConfig, run, seeds: Sequence[str]) -> tuple[list[dict[str, 
         write_jsonl_atomic(run.path / SFT, [r for row in rows for r in sft_rows(row)])
     if rows:
         run.log(f"resumed after {len(rows)} requests ({len(pool.accepted)} instructions accepted)")
-    return rows, pool
+    return journal, pool
 
 
 def run_self_instruct(cfg: SynthConfig, run) -> None:
@@ -502,15 +471,15 @@ def run_self_instruct(cfg: SynthConfig, run) -> None:
     from alignlab.models.loading import load_causal_lm
 
     seeds = [task.instruction for task in read_seed_tasks(cfg.seed_tasks)]
-    rows, pool = resume(cfg, run, seeds)
+    journal, pool = resume(cfg, run, seeds)
+    rows = journal.rows
     budget = max_requests(cfg)
     if len(pool.accepted) < cfg.num_instructions and len(rows) < budget:
         model, tokenizer = load_causal_lm(cfg.model, for_training=False)
         generator = HFGenerator(model, tokenizer)
         while len(pool.accepted) < cfg.num_instructions and len(rows) < budget:
             row = run_request(len(rows), cfg, seeds, pool, generator)
-            append_jsonl(run.path / JOURNAL, [row])
-            rows.append(row)
+            journal.append([row])  # also extends ``rows``
             _write_views(run, cfg, row)
             run.write_json(STATS, synth_stats(rows, cfg))
     stats = synth_stats(rows, cfg)

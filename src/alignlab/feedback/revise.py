@@ -44,6 +44,7 @@ from alignlab.feedback.constitution import (
     Principle,
     RevisionExample,
 )
+from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
 from alignlab.feedback.prompts import critique_messages, revision_messages
 
 EMPTY_CRITIQUE = "critique"
@@ -204,14 +205,6 @@ def revise_stats(rows: Sequence[dict], rounds: int) -> dict:
             "principle_counts": dict(sorted(principles.items()))}
 
 
-def _write_jsonl(path, records: Sequence[dict]) -> None:
-    import json
-
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    tmp.replace(path)
-
-
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -252,7 +245,6 @@ def run_revise(cfg, run, generators=None) -> None:
     named in ``cfg`` (tests)."""
     from alignlab.data.loading import load_prompts
     from alignlab.feedback.constitution import load_constitution
-    from alignlab.feedback.jobs import JsonlJob
 
     constitution = load_constitution(cfg.constitution)
     examples = few_shot_examples(constitution, cfg.few_shot)
@@ -276,8 +268,8 @@ def run_revise(cfg, run, generators=None) -> None:
 
 
 def _write_outputs(rows: list[dict], rounds: int, run) -> None:
-    _write_jsonl(run.path / "sft.jsonl", sft_records(rows))
-    _write_jsonl(run.path / "prefs.jsonl", preference_records(rows))
+    write_jsonl_atomic(run.path / "sft.jsonl", sft_records(rows))
+    write_jsonl_atomic(run.path / "prefs.jsonl", preference_records(rows))
     stats = revise_stats(rows, rounds)
     run.write_json("revise_stats.json", stats)
     run.log(f"revise stats: {stats}")

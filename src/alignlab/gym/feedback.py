@@ -317,8 +317,9 @@ def read_prompts(path: Path) -> list[Messages]:
 
 def write_corpus(path: Path, corpus: FeedbackCorpus) -> None:
     """One alignlab Conversation record per line."""
-    with open(path, "w") as fh:
-        fh.writelines(json.dumps(record_to_dict(doc)) + "\n" for doc in corpus.docs)
+    from alignlab.gym.build import write_jsonl
+
+    write_jsonl(path, [record_to_dict(doc) for doc in corpus.docs])
 
 
 def feedback_sft_config(start_model: Path, corpus_path: Path, out: Path, steps: int | None,

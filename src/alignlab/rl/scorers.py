@@ -118,13 +118,13 @@ class SelfJudgeScorer:
     name: str = "self_judge"
 
     def score(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]:
+        from alignlab.feedback.judges import read_option_probs
+
         check_lengths(prompts, completions, self.name)
-        rows = [self._judge_ids(p, c) for p, c in zip(prompts, completions)]
         options = [first_token_id(self.tokenizer, self.yes), first_token_id(self.tokenizer, self.no)]
-        scores: list[float] = []
-        for start in range(0, len(rows), self.batch_size):
-            scores += self._score_batch(rows[start:start + self.batch_size], options)
-        return scores
+        rows = [(self._judge_ids(p, c), options) for p, c in zip(prompts, completions)]
+        probs, _ = read_option_probs(self.model, rows, self.tokenizer.pad_token_id, self.batch_size)
+        return [p[0] for p in probs]
 
     def _judge_ids(self, prompt: Messages, completion: str) -> list[int]:
         from alignlab.data.records import Message
@@ -132,22 +132,6 @@ class SelfJudgeScorer:
 
         text = self.template.format(prompt=_prompt_text(prompt), response=completion)
         return prompt_ids(self.tokenizer, render_prompt(self.tokenizer, (Message("user", text),)))
-
-    def _score_batch(self, rows: list[list[int]], options: list[int]) -> list[float]:
-        import torch
-
-        from alignlab.generation.hf import left_pad
-        from alignlab.models.logprobs import default_position_ids
-        from alignlab.models.reference import eval_mode
-
-        ids, attn = left_pad(rows, self.tokenizer.pad_token_id)
-        device = next(self.model.parameters()).device
-        with torch.no_grad(), eval_mode(self.model):
-            logits = self.model(input_ids=ids.to(device), attention_mask=attn.to(device),
-                                position_ids=default_position_ids(attn).to(device)
-                                ).logits[:, -1].float()
-        pair = torch.log_softmax(logits, -1)[:, options]
-        return torch.softmax(pair, -1)[:, 0].cpu().tolist()
 
 
 def _prompt_text(prompt: Messages) -> str:
