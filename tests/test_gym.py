@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+import torch
 
 from alignlab.data.records import Message
 from alignlab.gym.annotators import (
@@ -235,3 +236,23 @@ def test_build_gym_end_to_end_and_cache(tmp_path):
     weights = (out / "base_model/model.safetensors").read_bytes()
     build_gym(out, seed=0, pretrain_seconds=5.0, max_steps=3, log=lambda m: None)  # cached
     assert (out / "base_model/model.safetensors").read_bytes() == weights
+
+
+def test_base_model_initialisation_is_seeded():
+    """The gym's base model starts from the same weights for the same seed (a league re-run found
+    an unseeded initialisation: every build pretrained a different model)."""
+    from alignlab.gym import base_model as B
+
+    spec = B.BaseModelSpec(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+
+    class Tok(list):  # make_model reads only len() and the special-token ids
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    vocab = Tok(range(40))
+    torch.manual_seed(123)
+    a = B.make_model(spec, vocab, seed=0).state_dict()
+    torch.manual_seed(456)
+    b = B.make_model(spec, vocab, seed=0).state_dict()
+    c = B.make_model(spec, vocab, seed=1).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

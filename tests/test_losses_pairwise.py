@@ -467,27 +467,35 @@ def test_orpo_stable_near_certain_sequences():
 # --- gradient checks and reference-freeness -----------------------------------------------------
 
 
-@pytest.mark.parametrize("name, raw, refs", [
-    ("dpo", {"beta": 0.3}, True), ("ipo", {"beta": 0.3}, True),
-    ("simpo", {"beta": 2.0, "gamma": 0.5}, False), ("orpo", {"lam": 0.5}, False),
-    ("cdpo", {"beta": 0.3, "eps": 0.2}, True), ("gpo", {"kind": "savage", "beta": 0.5}, True),
+# Gradients derived by hand on two pairs: policy log-probs c = (-3, -10), r = (-6, -7.5); reference
+# rc = (-4, -9), rr = (-5, -8); lengths |c| = (3, 5), |r| = (4, 6); labels y = (1, 0.7).
+# Pair 0: h = (c - rc) - (r - rr) = 1 - (-1) = 2.  Pair 1: h = -1 - 0.5 = -1.5.
+#
+# DPO (beta 0.3): l = -[y log s(bh) + (1-y) log s(-bh)], dl/dc = b (s(bh) - y) = -dl/dr.
+#   pair 0: 0.3 (s(0.6) - 1) = 0.3 (0.645656 - 1) = -0.106303
+#   pair 1: 0.3 (s(-0.45) - 0.7) = 0.3 (0.389361 - 0.7) = -0.093192
+# IPO (beta 0.3, t = 1/(2b) = 5/3): l = y (h - t)^2 + (1-y)(-h - t)^2, dl/dh = 2h + 2t(1 - 2y).
+#   pair 0: 4 - 10/3 = 0.666667;  pair 1: -3 + (10/3)(-0.4) = -4.333333
+# SimPO (beta 2, gamma 0.5): m = b (c/|c| - r/|r|); l = y sp(-(m - g)) + (1-y) sp(m + g),
+#   dl/dm = -y s(g - m) + (1-y) s(m + g); dl/dc = (b/|c|) dl/dm, dl/dr = -(b/|r|) dl/dm.
+#   pair 0: m = 1, dl/dm = -s(-0.5) = -0.377541 -> dc = -0.251694, dr = 0.188771
+#   pair 1: m = -1.5, dl/dm = -0.7 s(2) + 0.3 s(-1) = -0.535876 -> dc = -0.214350, dr = 0.178625
+@pytest.mark.parametrize("name, raw, refs, grad_c, grad_r", [
+    ("dpo", {"beta": 0.3}, True, [-0.106303, -0.093192], [0.106303, 0.093192]),
+    ("ipo", {"beta": 0.3}, True, [0.666667, -4.333333], [-0.666667, 4.333333]),
+    ("simpo", {"beta": 2.0, "gamma": 0.5}, False, [-0.251694, -0.214350], [0.188771, 0.178625]),
 ])
-def test_gradcheck(name, raw, refs):
+def test_gradients_match_hand_derivation(name, raw, refs, grad_c, grad_r):
     spec = get_loss(name)
     fn = spec.build(spec.parse(raw))
-    ref_c = torch.tensor([-4.0, -9.0], dtype=torch.float64)
-    ref_r = torch.tensor([-5.0, -8.0], dtype=torch.float64)
-    lengths = torch.tensor([3.0, 5.0], dtype=torch.float64)
-    labels = torch.tensor([1.0, 0.7], dtype=torch.float64)
-
-    def loss(c, r):
-        inputs = PairInputs(SeqStats(c, lengths, ref_c if refs else None),
-                            SeqStats(r, lengths + 1, ref_r if refs else None), labels)
-        return fn(inputs)[0]
-
-    c = torch.tensor([-3.0, -10.0], dtype=torch.float64, requires_grad=True)
-    r = torch.tensor([-6.0, -7.5], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(loss, (c, r))
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    c = t([-3.0, -10.0]).requires_grad_()
+    r = t([-6.0, -7.5]).requires_grad_()
+    inputs = PairInputs(SeqStats(c, t([3.0, 5.0]), t([-4.0, -9.0]) if refs else None),
+                        SeqStats(r, t([4.0, 6.0]), t([-5.0, -8.0]) if refs else None), t([1.0, 0.7]))
+    fn(inputs)[0].sum().backward()
+    assert c.grad.tolist() == pytest.approx(grad_c, abs=1e-6)
+    assert r.grad.tolist() == pytest.approx(grad_r, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", REFERENCE_FREE)

@@ -2,6 +2,7 @@
 
     python benchmarks/league/run.py                # build (resumable: finished stages are skipped)
     python benchmarks/league/run.py --collect      # only rebuild results.md / results.json
+    python benchmarks/league/run.py --only "npo + retain" kto   # re-run rows; keep the others' results
 
 Budget: one pass over the gym's 4000 simulated preference comparisons in 125 optimiser steps.
 Pairwise objectives see 32 pairs per step (64 sequences); binary objectives see the same pairs
@@ -71,10 +72,21 @@ def eval_stage(name: str, policy: str) -> dict:
             "generation": {"max_new_tokens": 48, "temperature": 1.0, "batch_size": 200}}
 
 
-def league_recipe(out: str) -> dict:
+def selected_entries(only: list[str] | None) -> list[tuple]:
+    """ENTRIES, or only the named rows (an unknown name is an error listing the known ones)."""
+    if not only:
+        return ENTRIES
+    known = [entry[0] for entry in ENTRIES]
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown league rows {unknown}; known: {known}")
+    return [entry for entry in ENTRIES if entry[0] in only]
+
+
+def league_recipe(out: str, only: list[str] | None = None) -> dict:
     base = yaml.safe_load((HERE / "base.yaml").read_text())
     stages = list(base["stages"])
-    for name, loss, data, batch, extra in ENTRIES:
+    for name, loss, data, batch, extra in selected_entries(only):
         extra = dict(extra)
         start = "${gym.output}/base_model" if extra.pop("from_base", False) else "${sft.output}"
         stages.append({"name": slug(name), "stage": "preference", "model": {"path": start},
@@ -106,9 +118,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def collect(out: Path) -> list[dict]:
+def collect(out: Path, only: list[str] | None = None) -> list[dict]:
     rows = []
-    for name, loss, data, batch, _ in [("sft (start)", [], "", 0, {})] + ENTRIES:
+    for name, loss, data, batch, _ in [("sft (start)", [], "", 0, {})] + selected_entries(only):
         key = "sft" if not loss else slug(name)
         metrics_file = out / f"eval_{key}" / "metrics.json"
         if not metrics_file.is_file():
@@ -130,6 +142,17 @@ def collect(out: Path) -> list[dict]:
     return rows
 
 
+def merge_rows(recorded: list[dict], fresh: list[dict]) -> list[dict]:
+    """``recorded`` with the rows named in ``fresh`` replaced. The start row (the SFT model's
+    evaluation) must be identical in both, or the re-run did not start from the same SFT model."""
+    start = [r for r in fresh if not r["loss"]]
+    if start and start[0]["metrics"] != recorded[0]["metrics"]:
+        raise SystemExit("the re-built SFT model's evaluation differs from the recorded one; "
+                         "re-run the whole league instead of --only")
+    by_name = {row["name"]: row for row in fresh if row["loss"]}
+    return [by_name.get(row["name"], row) for row in recorded]
+
+
 def table(rows: list[dict]) -> str:
     head = ("| objective | gold reward | harmless | evasive | length (tokens) | KL to SFT | "
             "train wall s | s/step |\n|---|---|---|---|---|---|---|---|\n")
@@ -149,6 +172,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/league")
     parser.add_argument("--collect", action="store_true", help="only collect finished results")
+    parser.add_argument("--only", nargs="+", metavar="ROW",
+                        help="run and collect only these rows; the other rows keep the results "
+                             "recorded in results.json (the start row must match them)")
     parser.add_argument("--readme", action="store_true",
                         help="also write the league and methods tables into README.md")
     args = parser.parse_args()
@@ -156,9 +182,12 @@ def main() -> None:
     if not args.collect:
         out.mkdir(parents=True, exist_ok=True)
         recipe = out / "league.yaml"
-        recipe.write_text(yaml.safe_dump(league_recipe(str(out)), sort_keys=False, width=110))
+        recipe.write_text(yaml.safe_dump(league_recipe(str(out), args.only), sort_keys=False,
+                                         width=110))
         subprocess.run([sys.executable, "-m", "alignlab.cli", "run", str(recipe)], check=True)
-    rows = collect(out)
+    rows = collect(out, args.only)
+    if args.only:
+        rows = merge_rows(json.loads((HERE / "results.json").read_text()), rows)
     (HERE / "results.json").write_text(json.dumps(rows, indent=1))
     (HERE / "results.md").write_text(table(rows))
     if args.readme:

@@ -187,7 +187,8 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out",
                                         help="Folder for every stage of the quickstart."),
                pretrain_steps: Optional[int] = typer.Option(
                    None, help="Pretrain the gym's base model for this many steps instead of the "
-                              "recipe's time budget (same base model on any machine).")) -> None:
+                              "recipe's 420 (a step budget gives the same base model on any "
+                              "machine).")) -> None:
     """Gym → SFT → reward model → DPO → evaluation of base, SFT and DPO, with a report."""
     from alignlab.config import read_yaml
     from alignlab.recipe import build_recipe, run_recipe

@@ -170,7 +170,9 @@ class PreferenceConfig(StrictModel):
 
     ``stage: dpo`` and ``stage: preference`` are the same stage. ``reference_cache`` is the folder of
     the on-disk reference log-prob cache (``auto``: ``$ALIGNLAB_CACHE/reference``; ``none``: compute
-    every run, keep nothing).
+    every run, keep nothing). ``reference_cache_weights`` says how the cache recognises the reference
+    weights: ``stat`` (default; size, mtime and ctime of every file) or ``content`` (SHA-256 of every
+    file: survives copying the model folder, costs one read of the weights per run).
     """
 
     stage: Literal["dpo", "preference"] = "dpo"
@@ -181,6 +183,7 @@ class PreferenceConfig(StrictModel):
     loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="dpo", beta=0.1)],
                                  min_length=1)
     reference_cache: str = "auto"
+    reference_cache_weights: Literal["stat", "content"] = "stat"
     sdpo: SDPOSettings | None = None
     out: str
 

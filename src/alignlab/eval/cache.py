@@ -1,8 +1,9 @@
 """On-disk cache of reference samples, so separate eval stages generate them only once.
 
-The key is a hash of everything the samples depend on: the reference model settings, the size and
-modification time of each file in a local model folder (a retrained model gets a new key), the prompts
-and the generation settings. The file is a JSON list (one entry per prompt) of lists of samples.
+The key is a hash of everything the samples depend on: the reference model settings, the identity of
+its weights (:func:`alignlab.models.fingerprint.model_identity`: every file of a local folder by size,
+mtime and ctime; a hub model's commit; a hub model without a resolvable commit is not cached), the
+prompts and the generation settings. The file is a JSON list (one entry per prompt) of lists of samples.
 """
 
 from __future__ import annotations
@@ -16,23 +17,28 @@ from typing import Any
 from alignlab.config import GenerationSettings, ModelSettings
 from alignlab.data.records import Messages, messages_to_list
 from alignlab.generation.base import Sample
+from alignlab.models.fingerprint import model_identity
 
 
-def model_fingerprint(settings: ModelSettings) -> dict[str, Any]:
-    """Settings plus ``(name, size, mtime)`` of the files of a local model folder or file."""
-    from alignlab.models.loading import looks_local
+def model_fingerprint(settings: ModelSettings) -> dict[str, Any] | None:
+    """Settings plus the identity of the weights; None when they cannot be identified."""
+    from alignlab.models.loading import looks_local, resolve_package_path
 
-    info: dict[str, Any] = {"settings": settings.model_dump(mode="json")}
-    if looks_local(settings.path):
-        root = Path(settings.path).expanduser()
-        files = [root] if root.is_file() else sorted(p for p in root.glob("*") if p.is_file())
-        info["files"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return info
+    path = resolve_package_path(settings.path)
+    identity = model_identity(path, settings.revision, looks_local(path))
+    if identity is None:
+        return None
+    return {"settings": settings.model_dump(mode="json"), "weights": identity}
 
 
-def cache_key(model: ModelSettings, prompts: Sequence[Messages], settings: GenerationSettings) -> str:
-    """A hex digest naming the samples of ``model`` on ``prompts`` under ``settings``."""
-    payload = {"model": model_fingerprint(model), "settings": settings.model_dump(mode="json"),
+def cache_key(model: ModelSettings, prompts: Sequence[Messages],
+              settings: GenerationSettings) -> str | None:
+    """A hex digest naming the samples of ``model`` on ``prompts`` under ``settings`` (None: the
+    model cannot be identified, so nothing is cached)."""
+    fingerprint = model_fingerprint(model)
+    if fingerprint is None:
+        return None
+    payload = {"model": fingerprint, "settings": settings.model_dump(mode="json"),
                "prompts": [messages_to_list(p) for p in prompts]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -314,6 +314,9 @@ def reference_cache_file(cfg: EvalConfig, run: RunFolder, prompts: list[Messages
     from alignlab.eval.cache import cache_key, load_samples
 
     key = cache_key(cfg.reference, prompts, reference_settings(ctx))
+    if key is None:
+        run.log(f"eval: reference samples not cached: {cfg.reference.path!r} has no resolvable commit")
+        return None
     path = run.path.parent / ".eval_cache" / f"{key}.json"
     ctx.reference_samples = load_samples(path)
     if ctx.reference_samples is not None:

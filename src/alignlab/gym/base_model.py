@@ -39,8 +39,9 @@ class BaseModelSpec:
     weight_decay: float = 0.01
 
 
-def make_model(spec: BaseModelSpec, tokenizer) -> Any:
-    """A freshly initialised ``LlamaForCausalLM`` sized by ``spec`` (tied embeddings)."""
+def make_model(spec: BaseModelSpec, tokenizer, seed: int = 0) -> Any:
+    """A freshly initialised ``LlamaForCausalLM`` sized by ``spec`` (tied embeddings); the
+    initialisation is drawn from ``torch.manual_seed(seed)``, so one seed gives one base model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -50,6 +51,7 @@ def make_model(spec: BaseModelSpec, tokenizer) -> Any:
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+    torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 
 
@@ -82,7 +84,18 @@ def pretrain(model, token_docs: Sequence[list[int]], spec: BaseModelSpec, second
              seed: int = 0, max_steps: int | None = None, log=print) -> dict[str, float]:
     """Train ``model`` with next-token loss until ``seconds`` pass (or ``max_steps``); returns stats."""
     torch.manual_seed(seed)
-    torch.set_num_threads(pick_threads())
+    threads_before = torch.get_num_threads()
+    # A step budget asks for the same model on every machine: one thread, so reductions run in one
+    # order whatever the load; a time budget takes the idle cores.
+    torch.set_num_threads(1 if max_steps else pick_threads())
+    try:
+        return _pretrain_loop(model, token_docs, spec, seconds, seed, max_steps, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _pretrain_loop(model, token_docs: Sequence[list[int]], spec: BaseModelSpec, seconds: float,
+                   seed: int, max_steps: int | None, log) -> dict[str, float]:
     rng = random.Random(f"pack-{seed}")
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, betas=(0.9, 0.95),
                             weight_decay=spec.weight_decay)

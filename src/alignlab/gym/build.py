@@ -152,7 +152,7 @@ def build_base_model(out: Path, world: World, data: dict[str, Any], seed: int,
         return cached
     tokenizer = train_tokenizer(texts)
     spec = B.BaseModelSpec()
-    model = B.make_model(spec, tokenizer)
+    model = B.make_model(spec, tokenizer, seed)
     docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     train_stats = B.pretrain(model, docs, spec, pretrain_seconds, seed, max_steps, log)
     check_prompts = data["eval_prompts"][: SIZES["sample_check"]]

@@ -52,14 +52,15 @@ from alignlab.train.pref_examples import (
 from alignlab.train.pref_forward import PreferenceModule, objective_inputs, row_stats
 from alignlab.train.reference_cache import (
     ReferenceCache,
-    cache_key,
+    cache_meta,
     cached_reference,
-    data_digest,
+    example_layout,
     model_fingerprint,
     resolve_cache_dir,
 )
 
 SDPO_DONE = "DONE"
+REFERENCE_BLOCK = 1024  # examples per cached block of reference values
 
 
 # ----------------------------------------------------------------------------- data
@@ -124,8 +125,23 @@ class LazyReference:
         gc.collect()
 
 
-def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, examples: list[Example],
-                     ref_settings: ModelSettings, policy, tokenizer) -> list[Example]:
+def reference_cache_for(cfg: PreferenceConfig, objective: Objective, examples: list[Example],
+                        ref_settings: ModelSettings, adapter_base: bool, log) -> ReferenceCache:
+    """The cache entry of these examples' reference values (``reference_cache`` module docstring)."""
+    root = resolve_cache_dir(cfg.reference_cache)
+    fingerprint = None
+    if root is not None:
+        fingerprint = model_fingerprint(ref_settings, adapter_base, cfg.reference_cache_weights)
+        if fingerprint is None:
+            log(f"reference cache off: hub model {ref_settings.path!r} has no pinned revision and "
+                "its commit cannot be resolved (set model.revision to a commit to cache)")
+    layout = example_layout(objective.data_kind, examples, "kl_pairs" in objective.needs)
+    return ReferenceCache(root, cache_meta(fingerprint, layout, examples, REFERENCE_BLOCK), log)
+
+
+def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, objective: Objective,
+                     examples: list[Example], ref_settings: ModelSettings, policy,
+                     tokenizer) -> list[Example]:
     """Examples with cached reference log-probs (computed where the cache has none)."""
     adapter_base = policy is not None and cfg.model.lora is not None
     lazy = LazyReference(ref_settings, policy, tokenizer)
@@ -137,13 +153,10 @@ def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, examples: list[
             model, chunk, tokenizer.pad_token_id, adapter_base)), batch_size)
         return torch.stack(rows)
 
-    fingerprint = model_fingerprint(ref_settings, adapter_base)
-    key = cache_key(fingerprint, data_digest(examples))
-    cache = ReferenceCache(resolve_cache_dir(cfg.reference_cache), key)
+    log = partial(main_log, acc, run)
     start = time.time()
-    out = cached_reference(examples, cache, {"model": fingerprint, "examples": len(examples)},
-                           compute, acc.is_main_process, acc.wait_for_everyone,
-                           lambda msg: main_log(acc, run, msg))
+    cache = reference_cache_for(cfg, objective, examples, ref_settings, adapter_base, log)
+    out = cached_reference(examples, cache, compute, acc.is_main_process, acc.wait_for_everyone, log)
     lazy.release()
     source = "ref_model" if policy is None else (
         "policy with adapter disabled" if adapter_base else "starting policy")
@@ -192,7 +205,8 @@ def train_chunk(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc
     if objective.reference == "cached":
         if ref_settings is model_settings:
             policy, _ = load_causal_lm(model_settings)
-        examples = attach_reference(cfg, acc, run, examples, ref_settings, policy, tokenizer)
+        examples = attach_reference(cfg, acc, run, objective, examples, ref_settings, policy,
+                                    tokenizer)
     elif objective.reference == "none":
         main_log(acc, run, "reference-free objective: no reference model is loaded")
     if policy is None:
