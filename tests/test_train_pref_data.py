@@ -7,8 +7,14 @@ from alignlab.config import ModelSettings
 from alignlab.data.records import BinaryFeedback, Message
 from alignlab.data.tokenize import Encoded
 from alignlab.train.pref_examples import Example, collate_examples, mismatch_index
-from alignlab.train.reference_cache import (ReferenceCache, cache_key, cached_reference,
-                                            data_digest, model_fingerprint)
+from alignlab.train.reference_cache import (
+    ReferenceCache,
+    cache_meta,
+    cached_reference,
+    data_digest,
+    example_layout,
+    model_fingerprint,
+)
 
 
 def enc(*ids):
@@ -58,7 +64,7 @@ def test_model_fingerprint_changes_when_weights_change(tmp_path):
     assert first != model_fingerprint(settings, adapter_base=True)
     assert first != model_fingerprint(ModelSettings(path=str(tmp_path), dtype="bfloat16"), False)
     (tmp_path / "model.safetensors").write_bytes(b"y" * 11)
-    assert cache_key(first, "d") != cache_key(model_fingerprint(settings, False), "d")
+    assert first != model_fingerprint(settings, False)
 
 
 def test_cached_reference_computes_missing_blocks_only(tmp_path):
@@ -70,15 +76,16 @@ def test_cached_reference_computes_missing_blocks_only(tmp_path):
         return torch.tensor([[float(ex.rows[0].input_ids[0])] for ex in block])
 
     def run(cache):
-        return cached_reference(examples, cache, {}, compute, True, lambda: None, lambda m: None)
+        return cached_reference(examples, cache, compute, True, lambda: None, lambda m: None)
 
-    cache = ReferenceCache(tmp_path, "k", block_size=2)
+    meta = cache_meta({"weights": "w"}, example_layout("binary", examples, False), examples, 2)
+    cache = ReferenceCache(tmp_path, meta, print)
     first = run(cache)
     assert calls == [2, 2, 1] and [ex.ref for ex in first] == [(float(i),) for i in range(5)]
-    (tmp_path / "k" / "block-00001.pt").unlink()  # as if killed while writing block 1
-    second = run(ReferenceCache(tmp_path, "k", block_size=2))
+    (cache.folder / "block-00001.pt").unlink()  # as if killed while writing block 1
+    second = run(ReferenceCache(tmp_path, meta, print))
     assert calls == [2, 2, 1, 2]  # only the missing block is recomputed
     assert [ex.ref for ex in second] == [ex.ref for ex in first]
-    assert not list((tmp_path / "k").glob("*.tmp*"))
-    memory_only = ReferenceCache(None, "k")
+    assert not list(cache.folder.glob("*.tmp*"))
+    memory_only = ReferenceCache(None, meta, print)
     assert [ex.ref for ex in run(memory_only)] == [ex.ref for ex in first]
