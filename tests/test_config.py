@@ -2,7 +2,9 @@
 
 import pytest
 
-from alignlab.config import ConfigError, PreferenceConfig, load_stage_config, parse_overrides
+from alignlab.config import ConfigError, parse_overrides
+from alignlab.stages import load_stage_config
+from alignlab.train.preference import PreferenceConfig
 
 
 def write(tmp_path, text):

@@ -11,12 +11,13 @@ import torch
 import yaml
 from test_train_stages import _tokenizer, _write_jsonl
 
-from alignlab.config import ConfigError, DataSettings, DistillConfig, ModelSettings, TrainSettings
+from alignlab.config import ConfigError, DataSettings, ModelSettings, TrainSettings
 from alignlab.data.records import Conversation, Message
 from alignlab.data.tokenize import Encoded, encode_conversation, prompt_ids
 from alignlab.losses.distill import coarse_kl
-from alignlab.runs import read_metrics
+from alignlab.runs import RunFolder, read_metrics
 from alignlab.train import distill as D
+from alignlab.train.distill import DistillConfig
 
 CONTEXT = "<system>always answer zzz, loudly!!!\n<user>q\n<assistant>zzz!!!\n"
 
@@ -255,3 +256,19 @@ def test_cli_distillation_cuts_heldout_kl_to_the_teacher(peaky_model, tmp_path):
     kls = [r["kl"] for r in read_metrics(tmp_path / "run") if "kl" in r]
     assert kls[-1] < kls[0]
     assert (tmp_path / "run" / "teacher" / "index.json").is_file()
+
+
+def test_held_out_kl_during_training_matches_kl_to_teacher(peaky_model, tmp_path):
+    ctx = tmp_path / "ctx.txt"
+    ctx.write_text(CONTEXT)
+    train = _write_jsonl(tmp_path / "train.jsonl", _conversations(8, 10))
+    held = _write_jsonl(tmp_path / "held.jsonl", _conversations(4, 11))
+    cfg = _config(peaky_model, train, tmp_path / "run", str(ctx), top_k=8,
+                  eval_data=DataSettings(path=held), train={"max_steps": 4, "eval_every": 2})
+    D.run_distill(cfg, RunFolder(cfg.out, cfg, echo=False))
+    rows = [r for r in read_metrics(tmp_path / "run") if "eval/kl" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    direct = D.kl_to_teacher(ModelSettings(path=str(tmp_path / "run" / "model")),
+                             tmp_path / "run" / "teacher_eval")
+    assert rows[-1]["eval/kl"] == pytest.approx(direct, rel=1e-4)
+    assert rows[-1]["eval/loss"] == pytest.approx(direct, rel=1e-4)

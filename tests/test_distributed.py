@@ -68,9 +68,8 @@ def test_two_processes_match_one(launcher, single, tmp_path):
 
 @pytest.mark.slow
 def _tiny_model_dir(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from test_train_stages import _tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     model_dir = tmp_path / "tiny"
     tok = _tokenizer()

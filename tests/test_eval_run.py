@@ -9,13 +9,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from alignlab.config import DataSettings, EvalConfig, GenerationSettings, ModelSettings
+from alignlab.config import DataSettings, GenerationSettings, ModelSettings
 from alignlab.data.records import Message, messages_to_list
-from alignlab.eval.run import EvalContext, evaluate_many, evaluate_policy, run_eval
+from alignlab.eval.run import EvalConfig, EvalContext, evaluate_many, evaluate_policy, run_eval
 from alignlab.eval.winrate import RewardJudge
 from alignlab.gym import load_gym
+from alignlab.gym.prompts import make_prompt_pools
 from alignlab.gym.tokenizer import render_messages, train_tokenizer
-from alignlab.gym.world import generate_world, make_prompt_pools
+from alignlab.gym.world import generate_world
 from alignlab.runs import RunFolder, read_metrics
 
 NUM_PROMPTS, NUM_SAMPLES = 8, 2

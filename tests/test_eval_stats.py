@@ -139,8 +139,7 @@ def test_paired_compare_from_samples(tmp_path):
 
 
 def test_report_stage_merges_runs_and_compares(tmp_path):
-    from alignlab.config import ReportConfig
-    from alignlab.eval.report import run_report
+    from alignlab.eval.report import ReportConfig, run_report
     from alignlab.runs import RunFolder
 
     inputs = {}

@@ -11,7 +11,7 @@ from test_models_tiny import make_tiny_lm, make_tokenizer, save_tiny_lm
 from typer.testing import CliRunner
 
 from alignlab.cli import app
-from alignlab.config import ConfigError, GenerationSettings, load_stage_config
+from alignlab.config import ConfigError, GenerationSettings
 from alignlab.data.errors import RecordError
 from alignlab.data.records import Message, PreferencePair
 from alignlab.feedback.constitution import ConstitutionError, load_constitution
@@ -25,6 +25,7 @@ from alignlab.feedback.prompts import (
     comparison_question,
     render_judge_text,
 )
+from alignlab.stages import load_stage_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PROMPT = (Message("user", "How do I pick a lock?"),)
@@ -358,12 +359,10 @@ def test_judge_scorer_reads_the_rating_question():
 
 
 def test_judge_scorer_from_online_settings(judge_folder):
-    from alignlab.config import ScorerSettings
-    from alignlab.rl.scorers import build_scorer
-
-    from alignlab.config import ModelSettings
+    from alignlab.config import ModelSettings, ScorerSettings
     from alignlab.feedback.prompts import rating_messages
     from alignlab.models.loading import load_causal_lm
+    from alignlab.rl.scorers import build_scorer
 
     settings = ScorerSettings(kind="judge", judge={"model": {"path": judge_folder}}, constitution="gym")
     scorer = build_scorer([settings])

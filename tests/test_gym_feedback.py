@@ -24,7 +24,8 @@ from alignlab.gym.feedback import (
     gold_rating,
 )
 from alignlab.gym.gold import score
-from alignlab.gym.world import generate_world, make_prompt_pools, parse_prompt
+from alignlab.gym.prompts import make_prompt_pools
+from alignlab.gym.world import generate_world, parse_prompt
 
 GYM = load_constitution("gym")
 PRINCIPLES = {p.name: p for p in GYM.principles}

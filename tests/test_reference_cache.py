@@ -14,12 +14,12 @@ import pytest
 import torch
 from test_train_stages import _pairs, _train, _write_jsonl, tiny_model  # noqa: F401
 
-from alignlab.config import DataSettings, ModelSettings, PreferenceConfig
+from alignlab.config import DataSettings, ModelSettings
 from alignlab.data.tokenize import Encoded
 from alignlab.models.fingerprint import hub_commit, local_identity, model_identity
 from alignlab.runs import RunFolder, read_metrics
 from alignlab.train.pref_examples import Example
-from alignlab.train.preference import run_preference
+from alignlab.train.preference import PreferenceConfig, run_preference
 from alignlab.train.reference_cache import (
     CACHE_VERSION,
     ReferenceCache,

@@ -9,17 +9,11 @@ import pytest
 import yaml
 from test_train_stages import _prompt, _write_jsonl, tiny_model  # noqa: F401
 
-from alignlab.config import (
-    ConfigError,
-    DataSettings,
-    GenerationSettings,
-    ModelSettings,
-    ReviseConfig,
-)
+from alignlab.config import ConfigError, DataSettings, GenerationSettings, ModelSettings
 from alignlab.data.loading import load_records
 from alignlab.data.records import Message
 from alignlab.feedback.constitution import ConstitutionError, load_constitution
-from alignlab.feedback.revise import run_revise, step_seed
+from alignlab.feedback.revise import ReviseConfig, run_revise, step_seed
 from alignlab.generation.base import Sample
 from alignlab.runs import RunFolder
 

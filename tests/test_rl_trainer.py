@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from test_train_stages import _prompt, _write_jsonl, tiny_model  # noqa: F401
 
-from alignlab.config import ConfigError, OnlineConfig, build_config
+from alignlab.config import ConfigError, build_config
 from alignlab.generation.base import Sample
 from alignlab.rl.algorithms import best_worst_pairs
 from alignlab.rl.experience import ResponseIndex
-from alignlab.rl.trainer import loss_units, shape_scores
+from alignlab.rl.trainer import OnlineConfig, loss_units, shape_scores
 from alignlab.runs import RunFolder, read_metrics
 
 REWARD_MODULE = '''
@@ -83,7 +83,7 @@ def test_best_worst_pairs_skip_tied_groups():
 
 
 def test_shape_scores_penalty_then_normalisation_then_clip():
-    from alignlab.config import RLSettings
+    from alignlab.rl.settings import RLSettings
 
     raw = torch.tensor([1.0, 2.0, 3.0])
     samples = [Sample("a", [5], "eos"), Sample("b", [6], "length"), Sample("c", [7], "eos")]
@@ -302,3 +302,32 @@ def test_weights_are_pushed_to_the_generator_after_every_update(tiny_model, prom
     assert len(pushed) == 3
     assert not torch.equal(pushed[0], pushed[1])
     torch.testing.assert_close(pushed[-1], final["model.layers.0.mlp.down_proj.weight"])
+
+
+def test_held_out_prompts_are_scored_without_changing_training(tiny_model, prompt_file,  # noqa: F811
+                                                               reward_fn, tmp_path):
+    from alignlab.config import DataSettings, ModelSettings
+    from alignlab.data.loading import load_prompt_data
+    from alignlab.generation.hf import HFGenerator
+    from alignlab.models.loading import load_causal_lm
+    from alignlab.rl.scorers import import_function
+
+    held = _write_jsonl(tmp_path / "held.jsonl", [{"prompt": _prompt(q)} for q in ["x?", "y", "zz"]])
+    with_eval = _config(tiny_model, prompt_file, reward_fn, tmp_path / "a", "rloo",
+                        train={"max_steps": 4, "eval_every": 2}, eval_prompts={"path": held})
+    plain = _config(tiny_model, prompt_file, reward_fn, tmp_path / "b", "rloo", train={"max_steps": 4})
+    model_a, rows_a = _run(with_eval)
+    _, rows_b = _run(plain)
+    assert [r["reward/mean"] for r in rows_a] == [r["reward/mean"] for r in rows_b]
+    evals = [r for r in read_metrics(tmp_path / "a") if "eval/reward" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    # the last evaluation is the saved policy answering each held-out prompt once (seed 0)
+    model, tok = load_causal_lm(ModelSettings(path=str(model_a)), for_training=False)
+    prompts = load_prompt_data(DataSettings(path=held)).records
+    samples = HFGenerator(model, tok).generate(prompts, with_eval.generation.model_copy(
+        update={"num_samples": 1}))
+    rule = import_function(reward_fn)
+    expected = [rule(p, group[0].text) for p, group in zip(prompts, samples)]
+    assert evals[-1]["eval/reward"] == pytest.approx(sum(expected) / 3, abs=1e-6)
+    assert evals[-1]["eval/response_length"] == pytest.approx(
+        sum(len(g[0].token_ids) for g in samples) / 3)

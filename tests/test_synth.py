@@ -12,13 +12,14 @@ from test_train_stages import tiny_model  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
 from alignlab.cli import app
-from alignlab.config import ConfigError, DataSettings, SynthConfig
+from alignlab.config import ConfigError, DataSettings
 from alignlab.data.errors import RecordError
 from alignlab.data.loading import load_records
 from alignlab.data.rouge import RougePool, lcs_length, rouge_l, rouge_tokens
 from alignlab.data.synth import (
     DEFAULT_TEMPLATES,
     InstructionPool,
+    SynthConfig,
     check_templates,
     instruction_problem,
     judge_instruction,

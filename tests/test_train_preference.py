@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 from test_train_stages import _pairs, _prompt, _train, _write_jsonl, tiny_model  # noqa: F401
 
-from alignlab.config import DataSettings, LoraSettings, ModelSettings, PreferenceConfig
+from alignlab.config import DataSettings, LoraSettings, ModelSettings
 from alignlab.runs import RunFolder, read_metrics
-from alignlab.train.preference import run_preference
+from alignlab.train.preference import PreferenceConfig, run_preference
 
 LOG2 = math.log(2.0)
 

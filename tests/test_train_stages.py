@@ -8,18 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignlab.config import (
-    DataSettings,
-    PreferenceConfig,
-    ModelSettings,
-    RMConfig,
-    SFTConfig,
-    TrainSettings,
-)
+from alignlab.config import DataSettings, ModelSettings, TrainSettings
 from alignlab.runs import RunFolder, read_metrics
-from alignlab.train.preference import run_preference
-from alignlab.train.reward import run_rm
-from alignlab.train.sft import run_sft
+from alignlab.train.preference import PreferenceConfig, run_preference
+from alignlab.train.reward import RMConfig, run_rm
+from alignlab.train.sft import SFTConfig, run_sft
 
 CHARS = list(string.ascii_lowercase + string.digits + " ?!.,")
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"

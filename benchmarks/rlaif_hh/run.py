@@ -195,9 +195,8 @@ def clean_rationale_fixed(text: str) -> str:
 
 def run_patched_label(cmd: list[str]) -> subprocess.CompletedProcess:
     """``alignlab label`` in this process with :func:`clean_rationale_fixed` patched in."""
-    from alignlab.config import load_stage_config
     from alignlab.feedback import labeling
-    from alignlab.stages import run_stage
+    from alignlab.stages import load_stage_config, run_stage
 
     os.chdir(ROOT)
     labeling.clean_rationale = clean_rationale_fixed

@@ -52,7 +52,6 @@ class RssSampler(threading.Thread):
 
 def install_step_clock(sampler: RssSampler) -> list[float]:
     """Global optimizer-step post-hook; returns the list it appends step end times to."""
-    import torch
 
     stamps: list[float] = []
 
@@ -158,7 +157,7 @@ def run_alignlab(spec: dict, profile_ranges: list[str] | None) -> dict:
     """alignlab's DPO through its CLI entry point (in this process, so the hooks see it)."""
     import yaml
 
-    from alignlab.config import STAGE_CONFIGS
+    from alignlab.stages import STAGE_CONFIGS
 
     run_dir = Path(spec["work"]) / f"alignlab_{spec['name']}"
     if run_dir.exists():

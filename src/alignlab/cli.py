@@ -12,8 +12,11 @@
     alignlab label --config label.yaml [key.sub=value ...]        (AI preference labels)
     alignlab distill --config distill.yaml [key.sub=value ...]    (context distillation)
     alignlab synth --config synth.yaml [key.sub=value ...]        (self-instruct / templating)
+    alignlab stages                                       (the registered stages)
     alignlab run recipe.yaml [key.sub=value ...]
     alignlab quickstart [--out DIR]
+
+Stage commands are made from the stage registry (:mod:`alignlab.stages`), one per registered stage.
 
 Configs are validated before anything loads; a bad config or a bad data record ends the command with
 a one-paragraph message (exit code 2), never a traceback.
@@ -29,8 +32,9 @@ from typing import Optional
 
 import typer
 
-from alignlab.config import ConfigError, load_stage_config
+from alignlab.config import ConfigError
 from alignlab.data.errors import RecordError
+from alignlab.stages import STAGES, load_stage_config, run_stage, stages_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Align language models with human and AI feedback.")
@@ -49,8 +53,6 @@ def _fail(message: str) -> None:
 
 
 def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[list[str]]) -> None:
-    from alignlab.stages import run_stage
-
     from alignlab.feedback.constitution import ConstitutionError
     from alignlab.feedback.http import JudgeError
 
@@ -62,35 +64,30 @@ def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[l
     typer.echo(f"{stage}: done → {output}")
 
 
-@app.command()
-def sft(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Supervised fine-tuning (prompt-masked NLL)."""
-    _run_stage_command("sft", config, overrides)
+def _stage_command(stage: str):
+    """The typer command of one registered stage: ``--config`` plus ``key.sub=value`` overrides."""
+
+    def command(config: Optional[Path] = CONFIG_OPT,
+                overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
+        _run_stage_command(stage, config, overrides)
+
+    command.__name__ = stage
+    command.__doc__ = STAGES[stage].help
+    return command
 
 
-@app.command()
-def rm(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Train a Bradley–Terry reward model on preference pairs."""
-    _run_stage_command("rm", config, overrides)
+def _register_stage_commands() -> None:
+    """One command per registered stage (``alignlab.stages``), under its group when it has one."""
+    groups = {"cai": cai_app}
+    for stage in STAGES.values():
+        if stage.command is None:
+            continue
+        *group, word = stage.command
+        target = groups[group[0]] if group else app
+        target.command(word, help=stage.help)(_stage_command(stage.name))
 
 
-@app.command()
-def dpo(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Offline preference optimisation (DPO by default; any objective via ``loss``)."""
-    _run_stage_command("dpo", config, overrides)
-
-
-@app.command()
-def preference(config: Optional[Path] = CONFIG_OPT,
-               overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Offline preference optimisation with any registered objective (same stage as ``dpo``)."""
-    _run_stage_command("preference", config, overrides)
-
-
-@app.command()
-def online(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Online RL from feedback: ppo, rloo, grpo, reinforce_pp or online_dpo (``algorithm``)."""
-    _run_stage_command("online", config, overrides)
+_register_stage_commands()
 
 
 @app.command()
@@ -101,44 +98,10 @@ def losses() -> None:
     typer.echo(objectives_table())
 
 
-@app.command("eval")
-def evaluate(config: Optional[Path] = CONFIG_OPT,
-             overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Generate on held-out prompts and report reward, rates, KL and win rate."""
-    _run_stage_command("eval", config, overrides)
-
-
-@cai_app.command("revise")
-def cai_revise(config: Optional[Path] = CONFIG_OPT,
-               overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Critique -> revision with a constitution: SL-CAI SFT data and revision-over-initial pairs."""
-    _run_stage_command("revise", config, overrides)
-
-
-@app.command()
-def label(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """AI preference labels from option probabilities, both orders (resumable)."""
-    _run_stage_command("label", config, overrides)
-
-
-@app.command()
-def distill(config: Optional[Path] = CONFIG_OPT,
-            overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Context distillation: a student without the HHH prompt learns the teacher's top-k tokens."""
-    _run_stage_command("distill", config, overrides)
-
-
-@app.command()
-def synth(config: Optional[Path] = CONFIG_OPT, overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Instruction data: self-instruct synthesis or templating of labelled tasks."""
-    _run_stage_command("synth", config, overrides)
-
-
-@app.command()
-def report(config: Optional[Path] = CONFIG_OPT,
-           overrides: Optional[list[str]] = OVERRIDES_ARG) -> None:
-    """Merge several evaluations into report.md / report.json / a plot."""
-    _run_stage_command("report", config, overrides)
+@app.command("stages")
+def list_stages() -> None:
+    """List the registered stages: command, config class, runner, output."""
+    typer.echo(stages_table())
 
 
 @gym_app.command("build")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -23,6 +23,37 @@ class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio",
+                    "mlflow": "mlflow"}
+
+
+class LogSettings(StrictModel):
+    """Experiment trackers every stage reports to (:mod:`alignlab.trackers`), besides
+    ``metrics.jsonl``. ``run_name`` defaults to the run folder's name."""
+
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "mlflow"]] = Field(default_factory=list)
+    project: str = "alignlab"
+    run_name: str | None = None
+
+    @model_validator(mode="after")
+    def _installed(self) -> LogSettings:
+        import importlib.util
+
+        for name in self.report_to:
+            package = TRACKER_PACKAGES[name]
+            if importlib.util.find_spec(package) is None:
+                raise ValueError(f"log.report_to: {name!r} needs the package {package!r} "
+                                 f"(pip install {package})")
+        return self
+
+
+class StageConfig(StrictModel):
+    """Base of every stage config that writes a run folder: ``out`` and the trackers (``log``)."""
+
+    out: str
+    log: LogSettings = Field(default_factory=LogSettings)
 
 
 class LoraSettings(StrictModel):
@@ -64,11 +95,20 @@ class DataSettings(StrictModel):
     limit: int | None = Field(None, ge=1)
 
 
+class SaveBestSettings(StrictModel):
+    """Keep the model of the best held-out evaluation (``eval/<metric>``, lower or higher is better)."""
+
+    metric: str = "eval/loss"
+    mode: Literal["min", "max"] = "min"
+
+
 class TrainSettings(StrictModel):
     """Optimisation settings shared by every training stage.
 
     Truncation policy: the prompt keeps its most recent ``max_prompt_length`` tokens (oldest turns go
     first); the completion is then cut on the right so prompt + completion fit ``max_length``.
+    With the stage's ``eval_data`` set, the held-out set is evaluated every ``eval_every`` steps and
+    after the last one; ``save_best`` then keeps the best evaluation's model as ``model/``.
     """
 
     learning_rate: float = Field(1e-4, gt=0, le=1.0)
@@ -86,6 +126,8 @@ class TrainSettings(StrictModel):
     log_every: int = Field(10, ge=1)
     save_every: int | None = Field(None, ge=1)
     gradient_checkpointing: bool = False
+    eval_every: int | None = Field(None, ge=1)
+    save_best: SaveBestSettings | None = None
 
 
 class GenerationSettings(StrictModel):
@@ -98,118 +140,6 @@ class GenerationSettings(StrictModel):
     batch_size: int = Field(64, ge=1)
     stop: list[str] = Field(default_factory=list)
     seed: int = 0
-
-
-class SFTConfig(StrictModel):
-    """Supervised fine-tuning: prompt-masked NLL on assistant turns."""
-
-    stage: Literal["sft"] = "sft"
-    model: ModelSettings
-    data: DataSettings
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    packing: bool = False
-    out: str
-
-
-class RMConfig(StrictModel):
-    """Reward model: Bradley–Terry pairwise loss (soft labels allowed)."""
-
-    stage: Literal["rm"] = "rm"
-    model: ModelSettings
-    data: DataSettings
-    eval_data: DataSettings | None = None
-    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    out: str
-
-
-class LossTerm(BaseModel):
-    """One objective of the preference stage: ``{name: dpo, beta: 0.1, weight: 1.0}``.
-
-    Keys other than ``name`` and ``weight`` are the objective's own parameters, validated against its
-    registered parameter model (``alignlab.losses``) when the config is read.
-    """
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    name: str
-    weight: float = Field(1.0, gt=0.0)
-
-    @model_validator(mode="after")
-    def _check_params(self) -> "LossTerm":
-        from alignlab.losses import get_loss
-
-        try:
-            spec = get_loss(self.name)
-        except KeyError as err:
-            raise ValueError(err.args[0]) from None
-        spec.parse(self.params)
-        return self
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-def loss_term_list(value):
-    """``loss:`` may be one name, one mapping or a list of either; always a list of mappings."""
-    if isinstance(value, (dict, str)):
-        value = [value]
-    return [{"name": v} if isinstance(v, str) else v for v in value]
-
-
-class SDPOSettings(StrictModel):
-    """sDPO (Kim et al. 2024): train on ``stages`` consecutive chunks of the data; each chunk's
-    reference is the model that finished the previous chunk."""
-
-    stages: int = Field(2, ge=2)
-
-
-class PreferenceConfig(StrictModel):
-    """Offline preference optimisation: any registered objective (or a weighted sum of several).
-
-    ``stage: dpo`` and ``stage: preference`` are the same stage. ``reference_cache`` is the folder of
-    the on-disk reference log-prob cache (``auto``: ``$ALIGNLAB_CACHE/reference``; ``none``: compute
-    every run, keep nothing). ``reference_cache_weights`` says how the cache recognises the reference
-    weights: ``stat`` (default; size, mtime and ctime of every file) or ``content`` (SHA-256 of every
-    file: survives copying the model folder, costs one read of the weights per run).
-    """
-
-    stage: Literal["dpo", "preference"] = "dpo"
-    model: ModelSettings
-    ref_model: ModelSettings | None = None
-    data: DataSettings
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="dpo", beta=0.1)],
-                                 min_length=1)
-    reference_cache: str = "auto"
-    reference_cache_weights: Literal["stat", "content"] = "stat"
-    sdpo: SDPOSettings | None = None
-    out: str
-
-    @field_validator("loss", mode="before")
-    @classmethod
-    def _one_or_many(cls, value):
-        return loss_term_list(value)
-
-    @model_validator(mode="after")
-    def _check_combination(self) -> "PreferenceConfig":
-        from alignlab.losses import get_loss
-
-        specs = [get_loss(term.name) for term in self.loss]
-        kinds = {spec.data_kind for spec in specs}
-        if len(kinds) > 1:
-            raise ValueError("loss: combined objectives must train on one data kind, got "
-                             + ", ".join(f"{s.name}={s.data_kind}" for s in specs))
-        if len({term.name for term in self.loss}) != len(self.loss):
-            raise ValueError("loss: an objective is listed twice")
-        if self.sdpo is not None and self.ref_model is not None:
-            raise ValueError("sdpo: the reference moves to each stage's starting model, so "
-                             "ref_model must not be set")
-        return self
-
-
-DPOConfig = PreferenceConfig
 
 
 # ----------------------------------------------------------------------------- AI feedback (RLAIF / CAI)
@@ -251,138 +181,6 @@ class JudgeSettings(StrictModel):
         return self
 
 
-class LabelConfig(StrictModel):
-    """AI preference labels (Bai et al. 2022, "Constitutional AI", section 4.1).
-
-    Each pair in ``data`` (its ``chosen``/``rejected`` order is only the order written on disk) is
-    shown to the judge with a comparison principle and the options (A)/(B); the label is
-    P(chosen preferred), the normalised option probability from one forward pass, averaged over
-    ``principles_per_pair`` principles drawn at random from the constitution and over both option
-    orders (``both_orders``). ``cot``: the judge first writes a rationale
-    (``cot_generation``), then the option probabilities are read; ``cot_clamp`` clamps them to a band
-    (the paper uses 0.4-0.6). With ``policy`` set, ``data`` holds prompts and two responses per prompt
-    are sampled from ``policy`` before labelling. The job is resumable: rerun the same command.
-    """
-
-    stage: Literal["label"] = "label"
-    judge: JudgeSettings
-    data: DataSettings
-    constitution: str = "default"
-    principles_per_pair: int = Field(1, ge=1)
-    both_orders: bool = True
-    few_shot: int = Field(0, ge=0)
-    cot: bool = False
-    cot_clamp: tuple[float, float] | None = (0.4, 0.6)
-    cot_generation: GenerationSettings = Field(
-        default_factory=lambda: GenerationSettings(max_new_tokens=96, temperature=0.0))
-    policy: ModelSettings | None = None
-    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(num_samples=2))
-    flush_every: int = Field(16, ge=1)
-    seed: int = 0
-    out: str
-
-    @model_validator(mode="after")
-    def _check(self) -> "LabelConfig":
-        if self.cot_clamp is not None and not 0.0 <= self.cot_clamp[0] <= self.cot_clamp[1] <= 1.0:
-            raise ValueError(f"cot_clamp must be (low, high) with 0 <= low <= high <= 1, got {self.cot_clamp}")
-        if self.cot and self.judge.kind == "reward_model":
-            raise ValueError("cot needs a generating judge (local or http), not a reward model")
-        return self
-
-
-class ReviseConfig(StrictModel):
-    """Critique -> revision (Bai et al. 2022, "Constitutional AI", section 3).
-
-    ``model`` answers each prompt in ``prompts``; then, ``rounds`` times, a principle drawn at random
-    from the constitution asks ``reviser`` (default: ``model``) for a critique and then a revision of
-    the latest answer. ``few_shot`` prepends that many of the constitution's worked examples.
-    ``generation`` samples the answers and, unless ``reviser_generation`` is set (e.g. sampled
-    answers, greedy critiques), the critiques and revisions too.
-    Writes ``revisions.jsonl`` (every step), ``sft.jsonl`` (prompt + final revision, the SL-CAI data)
-    and ``prefs.jsonl`` (final revision preferred to the initial answer). Resumable.
-    """
-
-    stage: Literal["revise"] = "revise"
-    model: ModelSettings
-    reviser: ModelSettings | None = None
-    prompts: DataSettings
-    constitution: str = "default"
-    rounds: int = Field(1, ge=1)
-    few_shot: int = Field(0, ge=0)
-    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=128))
-    reviser_generation: GenerationSettings | None = None
-    flush_every: int = Field(16, ge=1)
-    seed: int = 0
-    out: str
-
-
-class DistillConfig(StrictModel):
-    """Context distillation (Askell et al. 2021, "A General Language Assistant as a Laboratory for
-    Alignment", section 3.1).
-
-    The teacher (``teacher``; default: the student's starting weights) reads ``context`` (the HHH
-    prompt; ``default`` is the one shipped with alignlab, or a path to a text file) followed by each
-    conversation in ``data``; its top-``top_k`` next-token probabilities at every position of the
-    conversation (``positions``) are stored. The student (``model``) is trained without the context
-    on the KL from those stored distributions. With ``generation`` set, ``data`` holds prompts and
-    the teacher first samples the responses (with the context).
-    """
-
-    stage: Literal["distill"] = "distill"
-    model: ModelSettings
-    teacher: ModelSettings | None = None
-    data: DataSettings
-    context: str = "default"
-    top_k: int = Field(50, ge=1)
-    positions: Literal["all", "assistant"] = "all"
-    generation: GenerationSettings | None = None
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    out: str
-
-
-class SynthConfig(StrictModel):
-    """Instruction data synthesis (``alignlab synth``).
-
-    ``mode: self_instruct`` (Wang et al. 2023, "Self-Instruct"): ``model`` writes new instructions
-    from prompts of ``prompt_tasks`` example tasks (``machine_tasks`` of them from its own accepted
-    output once there is some), filtered and ROUGE-L de-duplicated (``rouge_threshold``), then
-    answers them; it stops after ``max_requests`` requests (default 3 per instruction asked for) even
-    when fewer were accepted. ``mode: template``: every labelled instance of ``seed_tasks`` is turned into an
-    instruction conversation with ``templates``. ``seed_tasks`` has the format of self-instruct's
-    ``seed_tasks.jsonl``. Resumable.
-    """
-
-    stage: Literal["synth"] = "synth"
-    mode: Literal["self_instruct", "template"] = "self_instruct"
-    model: ModelSettings | None = None
-    seed_tasks: str
-    num_instructions: int = Field(100, ge=1)
-    max_requests: int | None = Field(None, ge=1)
-    prompt_tasks: int = Field(8, ge=1)
-    machine_tasks: int = Field(2, ge=0)
-    rouge_threshold: float = Field(0.7, gt=0.0, le=1.0)
-    min_words: int = Field(3, ge=1)
-    max_words: int = Field(150, ge=1)
-    answer: bool = True
-    generation: GenerationSettings = Field(
-        default_factory=lambda: GenerationSettings(max_new_tokens=256, temperature=0.7, top_p=0.5))
-    templates: list[str] = Field(default_factory=list)
-    seed: int = 0
-    out: str
-
-    @model_validator(mode="after")
-    def _check(self) -> "SynthConfig":
-        if self.mode == "self_instruct" and self.model is None:
-            raise ValueError("mode 'self_instruct' needs 'model'")
-        if self.machine_tasks > self.prompt_tasks:
-            raise ValueError("machine_tasks cannot exceed prompt_tasks")
-        if self.templates:
-            from alignlab.data.synth import check_templates
-
-            check_templates(self.templates)
-        return self
-
-
 # ----------------------------------------------------------------------------- online
 
 class ScorerSettings(StrictModel):
@@ -417,137 +215,6 @@ class ScorerSettings(StrictModel):
         if self.kind == "function" and ":" not in (self.function or ""):
             raise ValueError(f"function must be 'module:callable', got {self.function!r}")
         return self
-
-
-class RLSettings(StrictModel):
-    """Knobs of the online algorithms (see ``alignlab.rl.algorithms`` for which one reads what).
-
-    KL: ``kl_coef`` is beta (fixed), or the starting beta of the adaptive controller when
-    ``kl_target`` is set (Ziegler et al. 2019). PPO, RLOO and REINFORCE++ put the KL in the reward;
-    GRPO puts the k3 estimate in the loss. ``ref_sync_every`` > 0 replaces the reference by the
-    current policy every that many iterations (iterative methods); 0 keeps the starting model.
-    ``whiten_advantages`` None means the algorithm's default (on for PPO, off for the others).
-    ``minibatch_size`` and ``micro_batch_size`` count sequences (pairs for online DPO); None: one
-    minibatch / no split.
-    """
-
-    ppo_epochs: int = Field(1, ge=1)
-    minibatch_size: int | None = Field(None, ge=1)
-    micro_batch_size: int | None = Field(None, ge=1)
-    clip_eps: float = Field(0.2, gt=0.0)
-    clip_eps_high: float | None = Field(None, gt=0.0)
-    kl_coef: float = Field(0.05, ge=0.0)
-    kl_target: float | None = Field(None, gt=0.0)
-    kl_horizon: float = Field(10000.0, gt=0.0)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    gamma: float = Field(1.0, ge=0.0, le=1.0)
-    lam: float = Field(0.95, ge=0.0, le=1.0)
-    whiten_advantages: bool | None = None
-    score_norm: Literal["none", "batch"] = "none"
-    reward_clip: float | None = Field(None, gt=0.0)
-    missing_eos_penalty: float | None = None
-    vf_coef: float = Field(0.1, ge=0.0)
-    value_clip: float | None = Field(0.2, gt=0.0)
-    critic_learning_rate: float | None = Field(None, gt=0.0)
-    grpo_scale: Literal["std", "none"] = "std"
-    reduction: Literal["auto", "token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "auto"
-    ptx_coef: float = Field(0.0, ge=0.0)
-    ref_sync_every: int = Field(0, ge=0)
-
-
-class OnlineConfig(StrictModel):
-    """Online RL from feedback: rollout -> score -> advantage -> update, one loop for every algorithm.
-
-    ``train.max_steps`` counts iterations (one rollout each; default: one pass over the prompts);
-    ``train.batch_size`` is prompts per iteration per process, each sampled
-    ``generation.num_samples`` times. ``loss`` is the preference objective of ``online_dpo``.
-    ``ptx_data`` is the pretraining/SFT data of PPO-ptx (with ``rl.ptx_coef`` > 0).
-    """
-
-    stage: Literal["online"] = "online"
-    algorithm: Literal["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo"]
-    model: ModelSettings
-    ref_model: ModelSettings | None = None
-    critic: ModelSettings | None = None
-    prompts: DataSettings
-    reward: list[ScorerSettings] = Field(min_length=1)
-    monitor: list[ScorerSettings] = Field(default_factory=list)
-    generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    backend: Literal["hf", "vllm"] = "hf"
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    rl: RLSettings = Field(default_factory=RLSettings)
-    loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="dpo", beta=0.1)],
-                                 min_length=1)
-    ptx_data: DataSettings | None = None
-    out: str
-
-    @field_validator("reward", "monitor", mode="before")
-    @classmethod
-    def _one_or_many_scorers(cls, value):
-        return [value] if isinstance(value, dict) else value
-
-    @field_validator("loss", mode="before")
-    @classmethod
-    def _one_or_many_losses(cls, value):
-        return loss_term_list(value)
-
-    @model_validator(mode="after")
-    def _check_algorithm(self) -> "OnlineConfig":
-        from alignlab.rl.algorithms import check_config
-
-        check_config(self)
-        return self
-
-
-class EvalConfig(StrictModel):
-    """Generate on held-out prompts and report gold/proxy reward, rates, KL and win rate."""
-
-    stage: Literal["eval"] = "eval"
-    policy: ModelSettings
-    reference: ModelSettings | None = None
-    reward_model: ModelSettings | None = None
-    prompts: DataSettings
-    gym: str | None = None
-    num_prompts: int | None = Field(None, ge=1)
-    generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    out: str
-
-
-class GymBuildConfig(StrictModel):
-    """Build the alignment gym: world, data files and the pretrained tiny base model."""
-
-    stage: Literal["gym"] = "gym"
-    out: str
-    seed: int = 0
-    pretrain_seconds: float = Field(75.0, gt=0)
-    pretrain_steps: int | None = Field(None, ge=1)
-    length_bias: float = 0.0
-
-
-class ReportConfig(StrictModel):
-    """Merge several evaluations into one report (report.md, report.json, a PNG plot)."""
-
-    stage: Literal["report"] = "report"
-    inputs: dict[str, str]
-    title: str = "alignlab report"
-    compare: list[tuple[str, str]] = Field(default_factory=list)
-    out: str
-
-
-STAGE_CONFIGS: dict[str, type[StrictModel]] = {
-    "sft": SFTConfig,
-    "rm": RMConfig,
-    "dpo": PreferenceConfig,
-    "preference": PreferenceConfig,
-    "online": OnlineConfig,
-    "eval": EvalConfig,
-    "gym": GymBuildConfig,
-    "report": ReportConfig,
-    "label": LabelConfig,
-    "revise": ReviseConfig,
-    "distill": DistillConfig,
-    "synth": SynthConfig,
-}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -610,18 +277,6 @@ def build_config(cls: type[StrictModel], raw: dict[str, Any], source: str = "con
     except ValidationError as exc:
         lines = [describe_error(cls, err) for err in exc.errors()]
         raise ConfigError(f"{source}: invalid {cls.__name__}:\n  " + "\n  ".join(lines)) from None
-
-
-def load_stage_config(stage: str, path: str | None, overrides: list[str]):
-    """Read a stage config from YAML (optional) plus overrides, and validate it."""
-    if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"unknown stage {stage!r}; choose one of {sorted(STAGE_CONFIGS)}")
-    raw = read_yaml(path) if path else {}
-    raw = deep_merge(raw, parse_overrides(overrides))
-    raw.setdefault("stage", stage)
-    if raw["stage"] != stage:
-        raise ConfigError(f"{path}: stage is {raw['stage']!r} but the command is {stage!r}")
-    return build_config(STAGE_CONFIGS[stage], raw, source=str(path or "command line"))
 
 
 # ----------------------------------------------------------------------------- error messages

@@ -24,9 +24,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from alignlab.config import STAGE_CONFIGS, ConfigError, build_config, deep_merge, parse_overrides
-from alignlab.config import read_yaml
-from alignlab.stages import is_done, run_stage, stage_output
+from alignlab.config import ConfigError, deep_merge, parse_overrides, read_yaml
+from alignlab.stages import STAGES, build_stage_config, is_done, run_stage, stage_output
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.(output|out)\}")
 
@@ -63,11 +62,11 @@ def _build_stage(entry, index, base, outputs, source):
     name = str(entry.pop("name"))
     if name in outputs:
         raise ConfigError(f"{where}: duplicate stage name {name!r}")
-    if entry["stage"] not in STAGE_CONFIGS:
-        raise ConfigError(f"{where}: unknown stage {entry['stage']!r}; choose one of {sorted(STAGE_CONFIGS)}")
+    if entry["stage"] not in STAGES:
+        raise ConfigError(f"{where}: unknown stage {entry['stage']!r}; choose one of {sorted(STAGES)}")
     entry.setdefault("out", str(base / name))
     linked = _substitute(entry, outputs, f"{where} ({name})")
-    return name, build_config(STAGE_CONFIGS[linked["stage"]], linked, source=f"{where} ({name})")
+    return name, build_stage_config(linked, source=f"{where} ({name})")
 
 
 def _substitute(value: Any, outputs: dict[str, dict[str, str]], where: str) -> Any:

@@ -29,8 +29,10 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         self.echo = echo
         self._start = time.time()
+        self.trackers = None
         if config is not None:
             (self.path / "config.yaml").write_text(dump_config(config))
+            self.trackers = start_trackers(config, self.path)
 
     @property
     def model_dir(self) -> Path:
@@ -49,10 +51,17 @@ class RunFolder:
             print(f"{stamp} {message}", flush=True)
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Append one JSON line to metrics.jsonl."""
+        """Append one JSON line to metrics.jsonl (the source of truth), then tell the trackers."""
         row = {"step": step, "time": round(time.time() - self._start, 3), **metrics}
         with open(self.path / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(row, default=float) + "\n")
+        if self.trackers is not None:
+            self.trackers.log(metrics, step)
+
+    def close(self) -> None:
+        """Finish the trackers (flush their files); metrics.jsonl needs no closing."""
+        if self.trackers is not None:
+            self.trackers.finish()
 
     def write_json(self, name: str, payload: Any) -> Path:
         target = self.path / name
@@ -64,3 +73,13 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """All rows of a run's metrics.jsonl."""
     file = Path(path) / "metrics.jsonl" if Path(path).is_dir() else Path(path)
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def start_trackers(config: BaseModel, path: Path):
+    """The trackers of ``config.log.report_to`` (None when the config asks for none)."""
+    settings = getattr(config, "log", None)
+    if settings is None or not settings.report_to:
+        return None
+    from alignlab.trackers import Trackers
+
+    return Trackers(list(settings.report_to), settings.project, settings.run_name or path.name, path)

@@ -1,87 +1,178 @@
-"""Dispatch a validated stage config to the code that runs it.
+"""The stage registry: every stage's name, config class, runner, output and one-line help, in one place.
+
+A stage is a config class (a :class:`~alignlab.config.StrictModel` with ``stage: Literal[...]`` and
+``out``) and a runner ``run(cfg, run_folder)`` that live together in the stage's own module. It
+becomes a command (``alignlab <name>``), a recipe stage (``stage: <name>``), a line of
+``alignlab --help`` and a row of ``alignlab stages`` through ONE :func:`register` line below. Config
+classes and runners are named as ``"module:attribute"`` strings and imported on first use, so
+``alignlab --help`` imports no stage module, and this module (the top layer) is the only one that
+knows them all.
 
 Each stage writes a run folder (see :mod:`alignlab.runs`) and returns its *output*: the trained model
-folder for training stages, the gym folder for ``gym``, the run folder for ``eval`` and ``report``. A
-finished stage leaves a ``DONE`` marker so a recipe can skip it when re-run.
+folder for training stages, its folder otherwise. A finished stage leaves a ``DONE`` marker so a
+recipe can skip it when re-run.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel
-
+from alignlab.config import (
+    ConfigError,
+    StrictModel,
+    build_config,
+    deep_merge,
+    parse_overrides,
+    read_yaml,
+)
 from alignlab.runs import RunFolder
 
 DONE_MARKER = "DONE"
 
 
-def stage_output(cfg: BaseModel) -> Path:
+@dataclass(frozen=True)
+class Stage:
+    """One registered stage (see the module docstring).
+
+    ``output``: ``model`` when the stage's output is ``<out>/model``, else ``folder`` (``<out>``).
+    ``command``: the CLI words (``("cai", "revise")`` is ``alignlab cai revise``); None: no stage
+    command (the stage has a command of its own, e.g. ``gym build``). ``run_folder``: False for a
+    stage whose ``out`` is its product (the gym), whose runner takes the config alone.
+    """
+
+    name: str
+    config: str
+    runner: str
+    help: str
+    output: Literal["model", "folder"] = "folder"
+    command: tuple[str, ...] | None = None
+    run_folder: bool = True
+
+    def config_class(self) -> type[StrictModel]:
+        return _attribute(self.config)
+
+    def run(self, cfg: Any) -> Path:
+        """Run ``cfg`` to completion (marking it done); returns its output."""
+        runner = _attribute(self.runner)
+        if self.run_folder:
+            run = RunFolder(cfg.out, cfg)
+            try:
+                runner(cfg, run)
+            finally:
+                run.close()
+        else:
+            runner(cfg)
+        (Path(cfg.out) / DONE_MARKER).write_text("ok\n")
+        return self.output_of(cfg)
+
+    def output_of(self, cfg: Any) -> Path:
+        return Path(cfg.out) / "model" if self.output == "model" else Path(cfg.out)
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register(name: str, config: str, runner: str, help: str, *, output: str = "folder",
+             command: tuple[str, ...] | None | str = "default", run_folder: bool = True) -> Stage:
+    """Add a stage; ``command`` defaults to ``(name,)``."""
+    if name in STAGES:
+        raise ValueError(f"stage {name!r} is registered twice")
+    words = (name,) if command == "default" else command
+    STAGES[name] = Stage(name, config, runner, help, output, words, run_folder)
+    return STAGES[name]
+
+
+def _attribute(spec: str) -> Any:
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+# ----------------------------------------------------------------------------- the stages
+
+register("gym", "alignlab.gym.stage:GymBuildConfig", "alignlab.gym.stage:run_gym",
+         "Build the gym: world, data files and the pretrained tiny base model.", command=None,
+         run_folder=False)
+register("sft", "alignlab.train.sft:SFTConfig", "alignlab.train.sft:run_sft",
+         "Supervised fine-tuning (prompt-masked NLL).", output="model")
+register("rm", "alignlab.train.reward:RMConfig", "alignlab.train.reward:run_rm",
+         "Train a Bradley–Terry reward model on preference pairs.", output="model")
+register("dpo", "alignlab.train.preference:PreferenceConfig",
+         "alignlab.train.preference:run_preference",
+         "Offline preference optimisation (DPO by default; any objective via ``loss``).",
+         output="model")
+register("preference", "alignlab.train.preference:PreferenceConfig",
+         "alignlab.train.preference:run_preference",
+         "Offline preference optimisation with any registered objective (same stage as ``dpo``).",
+         output="model")
+register("online", "alignlab.rl.trainer:OnlineConfig", "alignlab.rl.trainer:run_online",
+         "Online RL from feedback: ppo, rloo, grpo, reinforce_pp or online_dpo (``algorithm``).",
+         output="model")
+register("eval", "alignlab.eval.run:EvalConfig", "alignlab.eval.run:run_eval",
+         "Generate on held-out prompts and report reward, rates, KL and win rate.")
+register("report", "alignlab.eval.report:ReportConfig", "alignlab.eval.report:run_report",
+         "Merge several evaluations into report.md / report.json / a plot.")
+register("label", "alignlab.feedback.labeling:LabelConfig", "alignlab.feedback.labeling:run_label",
+         "AI preference labels from option probabilities, both orders (resumable).")
+register("revise", "alignlab.feedback.revise:ReviseConfig", "alignlab.feedback.revise:run_revise",
+         "Critique -> revision with a constitution: SL-CAI SFT data and revision-over-initial pairs.",
+         command=("cai", "revise"))
+register("distill", "alignlab.train.distill:DistillConfig", "alignlab.train.distill:run_distill",
+         "Context distillation: a student without the HHH prompt learns the teacher's top-k tokens.",
+         output="model")
+register("synth", "alignlab.data.synth:SynthConfig", "alignlab.data.synth:run_synth",
+         "Instruction data: self-instruct synthesis or templating of labelled tasks.")
+
+
+# ----------------------------------------------------------------------------- using them
+
+
+def get_stage(name: str) -> Stage:
+    """The registered stage ``name``; an unknown name is a ConfigError listing the known ones."""
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage {name!r}; choose one of {sorted(STAGES)}")
+    return STAGES[name]
+
+
+def stage_output(cfg: Any) -> Path:
     """Where a stage's output will be, known before it runs (recipes link stages through this)."""
-    out = Path(cfg.out)
-    if cfg.stage in ("sft", "rm", "dpo", "preference", "online", "distill"):
-        return out / "model"
-    return out
+    return get_stage(cfg.stage).output_of(cfg)
 
 
-def run_stage(cfg: BaseModel) -> Path:
+def run_stage(cfg: Any) -> Path:
     """Run one stage to completion and return its output path."""
-    if cfg.stage == "gym":
-        return _run_gym(cfg)
-    run = RunFolder(cfg.out, cfg)
-    runner = _runner(cfg.stage)
-    runner(cfg, run)
-    (run.path / DONE_MARKER).write_text("ok\n")
-    return stage_output(cfg)
+    return get_stage(cfg.stage).run(cfg)
 
 
-def is_done(cfg: BaseModel) -> bool:
+def is_done(cfg: Any) -> bool:
     """True when the stage finished earlier (its DONE marker exists)."""
     return (Path(cfg.out) / DONE_MARKER).is_file()
 
 
-def _runner(stage: str):
-    if stage == "sft":
-        from alignlab.train.sft import run_sft
-        return run_sft
-    if stage == "rm":
-        from alignlab.train.reward import run_rm
-        return run_rm
-    if stage in ("dpo", "preference"):
-        from alignlab.train.preference import run_preference
-        return run_preference
-    if stage == "online":
-        from alignlab.rl.trainer import run_online
-        return run_online
-    if stage == "eval":
-        from alignlab.eval.run import run_eval
-        return run_eval
-    if stage == "report":
-        from alignlab.eval.report import run_report
-        return run_report
-    return _feedback_runner(stage)
+def build_stage_config(raw: dict[str, Any], source: str) -> Any:
+    """Validate ``raw`` (which names its ``stage``) as that stage's config."""
+    return build_config(get_stage(raw["stage"]).config_class(), raw, source=source)
 
 
-def _feedback_runner(stage: str):
-    if stage == "label":
-        from alignlab.feedback.labeling import run_label
-        return run_label
-    if stage == "revise":
-        from alignlab.feedback.revise import run_revise
-        return run_revise
-    if stage == "distill":
-        from alignlab.train.distill import run_distill
-        return run_distill
-    if stage == "synth":
-        from alignlab.data.synth import run_synth
-        return run_synth
-    raise ValueError(f"no runner for stage {stage!r}")
+def load_stage_config(stage: str, path: str | None, overrides: list[str]):
+    """Read a stage config from YAML (optional) plus overrides, and validate it."""
+    get_stage(stage)
+    raw = read_yaml(path) if path else {}
+    raw = deep_merge(raw, parse_overrides(overrides))
+    raw.setdefault("stage", stage)
+    if raw["stage"] != stage:
+        raise ConfigError(f"{path}: stage is {raw['stage']!r} but the command is {stage!r}")
+    return build_stage_config(raw, source=str(path or "command line"))
 
 
-def _run_gym(cfg) -> Path:
-    from alignlab.gym import build_gym
-
-    out = build_gym(cfg.out, seed=cfg.seed, pretrain_seconds=cfg.pretrain_seconds,
-                    length_bias=cfg.length_bias, max_steps=cfg.pretrain_steps)
-    (Path(cfg.out) / DONE_MARKER).write_text("ok\n")
-    return Path(out)
+def stages_table() -> str:
+    """Markdown table of every registered stage: command, config class, runner, output, help."""
+    lines = ["| stage | command | config class | runner | output | what it does |",
+             "|---|---|---|---|---|---|"]
+    for stage in STAGES.values():
+        command = f"`alignlab {' '.join(stage.command)}`" if stage.command else "—"
+        lines.append(f"| `{stage.name}` | {command} | `{stage.config}` | `{stage.runner}` | "
+                     f"`<out>{'/model' if stage.output == 'model' else ''}` | {stage.help} |")
+    return "\n".join(lines)

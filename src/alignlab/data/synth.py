@@ -52,15 +52,59 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from alignlab.config import ConfigError, SynthConfig
+from pydantic import Field, model_validator
+
+from alignlab.config import ConfigError, GenerationSettings, ModelSettings, StageConfig
 from alignlab.data.errors import DataSourceError, Location, RecordError
 from alignlab.data.readers import require
 from alignlab.data.records import Conversation, Message, record_to_dict
 from alignlab.data.rouge import RougePool
 from alignlab.data.sources import iter_rows
 from alignlab.feedback.jobs import JsonlJob, append_jsonl, write_jsonl_atomic
+
+
+class SynthConfig(StageConfig):
+    """Instruction data synthesis (``alignlab synth``).
+
+    ``mode: self_instruct`` (Wang et al. 2023, "Self-Instruct"): ``model`` writes new instructions
+    from prompts of ``prompt_tasks`` example tasks (``machine_tasks`` of them from its own accepted
+    output once there is some), filtered and ROUGE-L de-duplicated (``rouge_threshold``), then
+    answers them; it stops after ``max_requests`` requests (default 3 per instruction asked for) even
+    when fewer were accepted. ``mode: template``: every labelled instance of ``seed_tasks`` is turned into an
+    instruction conversation with ``templates``. ``seed_tasks`` has the format of self-instruct's
+    ``seed_tasks.jsonl``. Resumable.
+    """
+
+    stage: Literal["synth"] = "synth"
+    mode: Literal["self_instruct", "template"] = "self_instruct"
+    model: ModelSettings | None = None
+    seed_tasks: str
+    num_instructions: int = Field(100, ge=1)
+    max_requests: int | None = Field(None, ge=1)
+    prompt_tasks: int = Field(8, ge=1)
+    machine_tasks: int = Field(2, ge=0)
+    rouge_threshold: float = Field(0.7, gt=0.0, le=1.0)
+    min_words: int = Field(3, ge=1)
+    max_words: int = Field(150, ge=1)
+    answer: bool = True
+    generation: GenerationSettings = Field(
+        default_factory=lambda: GenerationSettings(max_new_tokens=256, temperature=0.7, top_p=0.5))
+    templates: list[str] = Field(default_factory=list)
+    seed: int = 0
+    out: str
+
+    @model_validator(mode="after")
+    def _check(self) -> "SynthConfig":
+        if self.mode == "self_instruct" and self.model is None:
+            raise ValueError("mode 'self_instruct' needs 'model'")
+        if self.machine_tasks > self.prompt_tasks:
+            raise ValueError("machine_tasks cannot exceed prompt_tasks")
+        if self.templates:
+            check_templates(self.templates)
+        return self
+
 
 JOURNAL = "requests.jsonl"
 INSTRUCTIONS = "instructions.jsonl"

@@ -11,9 +11,23 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from alignlab.config import StageConfig
 from alignlab.eval.stats import Stat, format_stat, paired_difference, z_score
+
+
+class ReportConfig(StageConfig):
+    """Merge several evaluations into one report (report.md, report.json, a PNG plot)."""
+
+    stage: Literal["report"] = "report"
+    inputs: dict[str, str]
+    title: str = "alignlab report"
+    compare: list[tuple[str, str]] = Field(default_factory=list)
+    out: str
+
 
 PLOT_METRICS = ("gold_reward", "harmless_rate")
 Results = Mapping[str, Mapping[str, Any]]

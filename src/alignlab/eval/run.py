@@ -22,9 +22,18 @@ import gc
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
-from alignlab.config import EvalConfig, GenerationSettings
+from pydantic import Field, model_validator
+
+from alignlab.config import (
+    DataSettings,
+    GenerationSettings,
+    ModelSettings,
+    StageConfig,
+    StrictModel,
+)
 from alignlab.data.records import Messages
 from alignlab.eval.kl import exact_sampling, kl_per_sample
 from alignlab.eval.metrics import gold_metrics, length_metrics
@@ -32,6 +41,53 @@ from alignlab.eval.stats import Stat, mean_se
 from alignlab.eval.winrate import RewardJudge, proxy_reward, rm_lengths, win_rate
 from alignlab.generation.base import Sample
 from alignlab.runs import RunFolder
+
+
+class PairEvalSettings(StrictModel):
+    """Evaluation on preference pairs (:mod:`alignlab.eval.pairs`).
+
+    ``scorer``: ``reward_model`` (the stage's ``reward_model``), ``implicit`` (the stage's ``policy``
+    as an implicit reward model: ``beta * (log pi - log pi_ref)`` against the stage's ``reference``,
+    or ``beta * log pi`` without one; ``average`` uses per-token means, SimPO's reward) or ``auto``
+    (the reward model when one is given, else implicit)."""
+
+    data: DataSettings
+    scorer: Literal["auto", "reward_model", "implicit"] = "auto"
+    beta: float = Field(0.1, gt=0.0)
+    average: bool = False
+    max_length: int = Field(512, ge=8)
+    max_prompt_length: int = Field(256, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class EvalConfig(StageConfig):
+    """Generate on held-out prompts and report gold/proxy reward, rates, KL and win rate; and/or
+    score preference pairs (``pairs``) with a reward model or a policy as an implicit reward model."""
+
+    stage: Literal["eval"] = "eval"
+    policy: ModelSettings | None = None
+    reference: ModelSettings | None = None
+    reward_model: ModelSettings | None = None
+    prompts: DataSettings | None = None
+    pairs: PairEvalSettings | None = None
+    gym: str | None = None
+    num_prompts: int | None = Field(None, ge=1)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    out: str
+
+    @model_validator(mode="after")
+    def _check_inputs(self) -> EvalConfig:
+        if self.prompts is None and self.pairs is None:
+            raise ValueError("eval needs 'prompts' (generate and score) or 'pairs' (rank pairs)")
+        if self.prompts is not None and self.policy is None:
+            raise ValueError("'prompts' needs 'policy' (the model that generates)")
+        if self.pairs is not None:
+            scorer = self.pairs.scorer
+            if scorer == "reward_model" and self.reward_model is None:
+                raise ValueError("pairs.scorer 'reward_model' needs 'reward_model'")
+            if scorer in ("implicit", "auto") and self.reward_model is None and self.policy is None:
+                raise ValueError("pairs need 'reward_model' or 'policy' (an implicit reward model)")
+        return self
 
 
 @dataclass
@@ -248,7 +304,16 @@ def add_reference_columns(rows: list[dict[str, Any]], ref: Scored, kl: Sequence[
 
 
 def run_eval(cfg: EvalConfig, run: RunFolder) -> dict[str, dict[str, Any]]:
-    """The ``eval`` stage (module docstring); returns ``{metric: {"mean", "se", "n"}}``."""
+    """The ``eval`` stage (module docstring); returns ``{metric: {"mean", "se", "n"}}`` of the
+    generation evaluation, plus ``pairs`` (the pair evaluation) when ``cfg.pairs`` is set."""
+    result = run_generation_eval(cfg, run) if cfg.prompts is not None else {}
+    if cfg.pairs is not None:
+        result["pairs"] = run_pair_eval(cfg, run)
+    return result
+
+
+def run_generation_eval(cfg: EvalConfig, run: RunFolder) -> dict[str, dict[str, Any]]:
+    """Generate on ``cfg.prompts`` and score every sample (module docstring)."""
     from alignlab.models.loading import load_causal_lm
 
     prompts = load_eval_prompts(cfg)
@@ -339,3 +404,70 @@ def write_outputs(run: RunFolder, result: PolicyEval, cfg: EvalConfig) -> None:
     run.log_metrics({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in flat.items()})
     for name, stat in result.metrics.items():
         run.log(f"eval: {name} = {stat} (n={stat.n})")
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def run_pair_eval(cfg: EvalConfig, run: RunFolder) -> dict[str, Any]:
+    """Score ``cfg.pairs.data`` (module :mod:`alignlab.eval.pairs`); writes ``pairs.json``,
+    ``pair_scores.jsonl`` and ``reliability.png`` and logs ``pairs/*`` metrics."""
+    import json
+
+    from alignlab.data.loading import load_records
+    from alignlab.eval.pairs import pair_metrics, reliability_plot
+
+    loaded = load_records(cfg.pairs.data, "pair")
+    if loaded.bad.skipped:
+        run.log(f"eval pairs: {loaded.bad.skipped} bad records skipped")
+    pairs = loaded.records
+    if not pairs:
+        raise ValueError(f"eval: {loaded.source} has no pairs")
+    scorer, chosen, rejected = score_pairs(cfg, [p.prompt for p in pairs],
+                                           [p.chosen for p in pairs], [p.rejected for p in pairs])
+    metrics = pair_metrics(chosen, rejected, [p.label for p in pairs],
+                           [len(p.chosen.split()) for p in pairs],
+                           [len(p.rejected.split()) for p in pairs])
+    metrics.update({"scorer": scorer, "source": loaded.source})
+    run.write_json("pairs.json", metrics)
+    with open(run.path / "pair_scores.jsonl", "w") as fh:
+        fh.writelines(json.dumps({"chosen_score": c, "rejected_score": r, "label": p.label}) + "\n"
+                      for c, r, p in zip(chosen, rejected, pairs))
+    kind = "reward model" if scorer.startswith("reward model") else "implicit reward"
+    reliability_plot(metrics["reliability"], run.path / "reliability.png",
+                     f"{kind}, {metrics['pairs']} pairs: ECE {metrics['ece']:.3f}")
+    acc = metrics["accuracy"]
+    run.log_metrics({"pairs/accuracy": acc["mean"], "pairs/accuracy_se": acc["se"],
+                     "pairs/ece": metrics["ece"], "pairs/n": metrics["pairs"]})
+    run.log(f"eval pairs ({scorer}): accuracy {acc['mean']:.4f} ± {acc['se']:.4f} over "
+            f"{metrics['pairs']} pairs ({metrics['label_ties']} label ties left out, "
+            f"{metrics['score_ties']} score ties), ECE {metrics['ece']:.4f}")
+    return metrics
+
+
+def score_pairs(cfg: EvalConfig, prompts, chosen, rejected) -> tuple[str, list[float], list[float]]:
+    """``(scorer description, chosen scores, rejected scores)``."""
+    from alignlab.models.loading import load_causal_lm
+
+    settings = cfg.pairs
+    use_rm = settings.scorer == "reward_model" or (settings.scorer == "auto"
+                                                   and cfg.reward_model is not None)
+    if use_rm:
+        from alignlab.eval.winrate import load_reward_judge
+
+        judge = load_reward_judge(cfg.reward_model.path, settings.batch_size)
+        return (f"reward model {cfg.reward_model.path}", judge.score(prompts, chosen),
+                judge.score(prompts, rejected))
+    from alignlab.eval.pairs import implicit_rewards
+
+    policy, tokenizer = load_causal_lm(cfg.policy, for_training=False)
+    reference = None
+    if cfg.reference is not None:
+        reference, _ = load_causal_lm(cfg.reference, for_training=False)
+    lengths = (settings.max_length, settings.max_prompt_length, settings.batch_size)
+    score = partial(implicit_rewards, policy, reference, tokenizer, beta=settings.beta,
+                    average=settings.average, max_length=lengths[0], max_prompt_length=lengths[1],
+                    batch_size=lengths[2])
+    what = (f"implicit reward of {cfg.policy.path} (beta {settings.beta}"
+            + (f", reference {cfg.reference.path})" if reference is not None else ", no reference)"))
+    return what, score(prompts, chosen), score(prompts, rejected)

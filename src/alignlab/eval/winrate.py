@@ -97,3 +97,17 @@ def rm_lengths(rm_path: str) -> tuple[int, int]:
         return defaults.max_length, defaults.max_prompt_length
     return (int(train.get("max_length", defaults.max_length)),
             int(train.get("max_prompt_length", defaults.max_prompt_length)))
+
+
+def load_reward_judge(path: str, batch_size: int = 32, device=None,
+                      name: str = "reward_model") -> RewardJudge:
+    """A trained reward model folder as a :class:`RewardJudge`, with the lengths it was trained with
+    (:func:`rm_lengths`), on ``device`` when given."""
+    from alignlab.config import ModelSettings
+    from alignlab.models.loading import load_reward_model
+
+    model, tokenizer = load_reward_model(ModelSettings(path=path), for_training=False)
+    if device is not None:
+        model = model.to(device)
+    max_length, max_prompt = rm_lengths(path)
+    return RewardJudge(model, tokenizer, max_length, max_prompt, batch_size, name)

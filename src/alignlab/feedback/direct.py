@@ -19,6 +19,7 @@ from alignlab.feedback.prompts import (
     rating_messages,
     render_judge_text,
 )
+from alignlab.scoring import check_lengths
 
 
 def expected_rating(probs: Sequence[float]) -> float:
@@ -37,8 +38,6 @@ class JudgeScorer:
 
     def score(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]:
         """Expected rating in [0, 1] of each completion, from one forward per completion."""
-        from alignlab.rl.scorers import check_lengths
-
         check_lengths(prompts, completions, self.name)
         texts = [render_judge_text(self.judge.tokenizer, rating_messages(p, c, self.question),
                                    RATING_PREFIX) for p, c in zip(prompts, completions)]

@@ -150,11 +150,10 @@ def build_judge(settings, device=None):
             model.to(device)
         return LocalJudge(model, tokenizer, settings.batch_size, settings.max_length)
     if settings.kind == "reward_model":
-        from alignlab.config import ScorerSettings
-        from alignlab.rl.scorers import reward_model_scorer
+        from alignlab.eval.winrate import load_reward_judge
 
-        rm = ScorerSettings(kind="reward_model", path=settings.model.path, batch_size=settings.batch_size)
-        return RewardModelJudge(reward_model_scorer(rm, device or torch.device("cpu"), "reward_model"))
+        return RewardModelJudge(load_reward_judge(settings.model.path, settings.batch_size,
+                                                  device or torch.device("cpu"), "reward_model"))
     from alignlab.feedback.http import HTTPJudge
     from alignlab.models.loading import load_tokenizer, resolve_model_source
 

@@ -21,7 +21,17 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
+from pydantic import Field, model_validator
+
+from alignlab.config import (
+    DataSettings,
+    GenerationSettings,
+    JudgeSettings,
+    ModelSettings,
+    StageConfig,
+)
 from alignlab.data.records import Messages, PreferencePair, messages_to_list
 from alignlab.feedback.constitution import Constitution
 from alignlab.feedback.prompts import (
@@ -32,6 +42,47 @@ from alignlab.feedback.prompts import (
     cot_answer_prefix,
     render_judge_text,
 )
+from alignlab.progress import progress
+
+
+class LabelConfig(StageConfig):
+    """AI preference labels (Bai et al. 2022, "Constitutional AI", section 4.1).
+
+    Each pair in ``data`` (its ``chosen``/``rejected`` order is only the order written on disk) is
+    shown to the judge with a comparison principle and the options (A)/(B); the label is
+    P(chosen preferred), the normalised option probability from one forward pass, averaged over
+    ``principles_per_pair`` principles drawn at random from the constitution and over both option
+    orders (``both_orders``). ``cot``: the judge first writes a rationale
+    (``cot_generation``), then the option probabilities are read; ``cot_clamp`` clamps them to a band
+    (the paper uses 0.4-0.6). With ``policy`` set, ``data`` holds prompts and two responses per prompt
+    are sampled from ``policy`` before labelling. The job is resumable: rerun the same command.
+    """
+
+    stage: Literal["label"] = "label"
+    judge: JudgeSettings
+    data: DataSettings
+    constitution: str = "default"
+    principles_per_pair: int = Field(1, ge=1)
+    both_orders: bool = True
+    few_shot: int = Field(0, ge=0)
+    cot: bool = False
+    cot_clamp: tuple[float, float] | None = (0.4, 0.6)
+    cot_generation: GenerationSettings = Field(
+        default_factory=lambda: GenerationSettings(max_new_tokens=96, temperature=0.0))
+    policy: ModelSettings | None = None
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(num_samples=2))
+    flush_every: int = Field(16, ge=1)
+    seed: int = 0
+    out: str
+
+    @model_validator(mode="after")
+    def _check(self) -> "LabelConfig":
+        if self.cot_clamp is not None and not 0.0 <= self.cot_clamp[0] <= self.cot_clamp[1] <= 1.0:
+            raise ValueError(f"cot_clamp must be (low, high) with 0 <= low <= high <= 1, got {self.cot_clamp}")
+        if self.cot and self.judge.kind == "reward_model":
+            raise ValueError("cot needs a generating judge (local or http), not a reward model")
+        return self
+
 
 
 @dataclass(frozen=True)
@@ -253,12 +304,15 @@ def run_label(cfg, run) -> None:
     if todo:
         labeler = PairLabeler(build_judge(cfg.judge), constitution, cfg.both_orders, cfg.few_shot,
                               cfg.cot, cfg.cot_clamp, cfg.cot_generation)
-        for start in range(0, len(todo), cfg.flush_every):
-            t0 = time.perf_counter()
-            job.append(labeler.label(todo[start:start + cfg.flush_every]))
-            seconds += time.perf_counter() - t0
-            run.log_metrics({"labelled": len(job.rows), "pairs_per_s": round(
-                (start + len(todo[start:start + cfg.flush_every])) / max(seconds, 1e-9), 3)})
+        with progress(len(todo), "labelling") as bar:
+            for start in range(0, len(todo), cfg.flush_every):
+                t0 = time.perf_counter()
+                chunk = todo[start:start + cfg.flush_every]
+                job.append(labeler.label(chunk))
+                seconds += time.perf_counter() - t0
+                run.log_metrics({"labelled": len(job.rows), "pairs_per_s": round(
+                    (start + len(chunk)) / max(seconds, 1e-9), 3)})
+                bar.advance(len(chunk))
     stats = label_stats(job.sorted_rows())
     stats["pairs_per_s_this_run"] = round(len(todo) / seconds, 3) if seconds else None
     if labeler is not None and hasattr(labeler.judge, "truncated"):

@@ -28,8 +28,17 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-from alignlab.config import ConfigError, GenerationSettings
+from pydantic import Field
+
+from alignlab.config import (
+    ConfigError,
+    DataSettings,
+    GenerationSettings,
+    ModelSettings,
+    StageConfig,
+)
 from alignlab.data.records import (
     Conversation,
     Message,
@@ -46,6 +55,33 @@ from alignlab.feedback.constitution import (
 )
 from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
 from alignlab.feedback.prompts import critique_messages, revision_messages
+
+
+class ReviseConfig(StageConfig):
+    """Critique -> revision (Bai et al. 2022, "Constitutional AI", section 3).
+
+    ``model`` answers each prompt in ``prompts``; then, ``rounds`` times, a principle drawn at random
+    from the constitution asks ``reviser`` (default: ``model``) for a critique and then a revision of
+    the latest answer. ``few_shot`` prepends that many of the constitution's worked examples.
+    ``generation`` samples the answers and, unless ``reviser_generation`` is set (e.g. sampled
+    answers, greedy critiques), the critiques and revisions too.
+    Writes ``revisions.jsonl`` (every step), ``sft.jsonl`` (prompt + final revision, the SL-CAI data)
+    and ``prefs.jsonl`` (final revision preferred to the initial answer). Resumable.
+    """
+
+    stage: Literal["revise"] = "revise"
+    model: ModelSettings
+    reviser: ModelSettings | None = None
+    prompts: DataSettings
+    constitution: str = "default"
+    rounds: int = Field(1, ge=1)
+    few_shot: int = Field(0, ge=0)
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=128))
+    reviser_generation: GenerationSettings | None = None
+    flush_every: int = Field(16, ge=1)
+    seed: int = 0
+    out: str
+
 
 EMPTY_CRITIQUE = "critique"
 EMPTY_REVISION = "revision"

@@ -10,7 +10,7 @@ import importlib
 _LAZY = {
     "Sample": "base", "Generator": "base",
     "HFGenerator": "hf", "VLLMGenerator": "vllm",
-    "make_generator": "factory", "GenerationBackendError": "factory",
+    "make_generator": "factory", "GenerationBackendError": "base",
 }
 
 

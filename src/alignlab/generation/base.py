@@ -10,6 +10,10 @@ from alignlab.config import GenerationSettings
 from alignlab.data.records import Messages
 
 
+class GenerationBackendError(ValueError):
+    """An unknown or unavailable generation backend."""
+
+
 @dataclass(frozen=True)
 class Sample:
     """One completion: its text and the token ids that decode to it.

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 
+from alignlab.generation.base import GenerationBackendError
+
 BACKENDS = ("hf", "vllm")
-
-
-class GenerationBackendError(ValueError):
-    """An unknown or unavailable generation backend."""
 
 
 def make_generator(backend: str = "hf", model=None, tokenizer=None, **kwargs):

@@ -22,6 +22,7 @@ import torch
 from alignlab.config import GenerationSettings
 from alignlab.data.records import Messages
 from alignlab.generation.base import Sample, cut_at_stop
+from alignlab.progress import progress
 
 
 def _default_render() -> Callable:
@@ -60,7 +61,8 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+            with torch.random.fork_rng(devices=rng_devices), torch.no_grad(), \
+                    progress(len(order), "generating") as bar:
                 torch.manual_seed(settings.seed)
                 for start in range(0, len(order), per_batch):
                     chosen = order[start:start + per_batch]
@@ -68,6 +70,7 @@ class HFGenerator:
                     n = settings.num_samples
                     for j, i in enumerate(chosen):
                         results[i] = rows[j * n:(j + 1) * n]
+                    bar.advance(len(chosen))
         finally:
             self.model.train(was_training)
         return results

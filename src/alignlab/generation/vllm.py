@@ -47,8 +47,7 @@ from pathlib import Path
 
 from alignlab.config import GenerationSettings
 from alignlab.data.records import Messages
-from alignlab.generation.base import Sample, cut_at_stop
-from alignlab.generation.factory import GenerationBackendError
+from alignlab.generation.base import GenerationBackendError, Sample, cut_at_stop
 from alignlab.generation.hf import encode_prompt_text
 
 SYNC_CHUNK_BYTES = 512 * 2**20  # weights handed to load_weights per call (bounds merge buffers)

@@ -39,8 +39,9 @@ from alignlab.gym.annotators import (
     measured_agreement,
 )
 from alignlab.gym.gold import gold_table_markdown, is_harmless, is_helpful, score
+from alignlab.gym.prompts import make_prompt_pools
 from alignlab.gym.tokenizer import render_messages
-from alignlab.gym.world import World, generate_world, make_prompt_pools
+from alignlab.gym.world import World, generate_world
 
 SIZES = {"train_pool": 4400, "eval_pool": 1200, "base_corpus": 12000, "fact_repeats": 30,
          "sft": 2000, "prefs": 4000, "prefs_eval": 600, "binary": 2000, "ranked": 1000,

@@ -325,7 +325,8 @@ def write_corpus(path: Path, corpus: FeedbackCorpus) -> None:
 def feedback_sft_config(start_model: Path, corpus_path: Path, out: Path, steps: int | None,
                         learning_rate: float, batch_size: int, seed: int):
     """The SFT stage config of one training phase (whole documents fit: max length 256)."""
-    from alignlab.config import DataSettings, ModelSettings, SFTConfig, TrainSettings
+    from alignlab.config import DataSettings, ModelSettings, TrainSettings
+    from alignlab.train.sft import SFTConfig
 
     train = TrainSettings(learning_rate=learning_rate, epochs=1.0, max_steps=steps,
                           batch_size=batch_size, max_length=MAX_POSITIONS,

@@ -21,7 +21,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from alignlab.data.records import Message, Messages
+from alignlab.data.records import Messages
 
 SYLLABLES = ("zor", "bi", "mel", "ka", "ta", "ri", "vo", "lan", "dur", "pe", "shi", "nor", "ga",
              "lu", "fen", "ul", "dra", "mi", "sa", "quo", "bel", "tor", "xi", "mun", "ves", "go",
@@ -195,7 +195,7 @@ def split_items(text: str) -> list[str]:
     return [p for p in (x.strip() for x in parts) if p]
 
 
-def _sample_benign(rng: random.Random, world: World, family: str) -> tuple[Task, str]:
+def sample_benign(rng: random.Random, world: World, family: str) -> tuple[Task, str]:
     if family == "fact":
         family = rng.choice(FACT_FAMILIES)
     slots: dict[str, str]
@@ -216,7 +216,7 @@ def _sample_benign(rng: random.Random, world: World, family: str) -> tuple[Task,
     return task, text
 
 
-def _sample_harmful(rng: random.Random, world: World) -> tuple[Task, str]:
+def sample_harmful(rng: random.Random, world: World) -> tuple[Task, str]:
     category = rng.choice(sorted(HARM_CATEGORIES))
     person = rng.choice(sorted(world.people))
     action = rng.choice(HARM_CATEGORIES[category]).format(person=person)
@@ -224,47 +224,11 @@ def _sample_harmful(rng: random.Random, world: World) -> tuple[Task, str]:
     return Task("harmful", category, (("action", action), ("person", person)), action), text
 
 
-def sample_prompt(rng: random.Random, world: World) -> tuple[Task, Messages]:
-    """One prompt: family by :data:`FAMILY_WEIGHTS`, multi-turn with probability ``MULTI_TURN_RATE``."""
-    from alignlab.gym.styles import render_correct  # styles imports world; avoid a cycle
-
-    family = rng.choices(list(FAMILY_WEIGHTS), weights=list(FAMILY_WEIGHTS.values()))[0]
-    task, text = _sample_harmful(rng, world) if family == "harmful" else _sample_benign(rng, world, family)
-    messages: list[Message] = []
-    if rng.random() < MULTI_TURN_RATE:
-        prior, prior_text = _sample_benign(rng, world, rng.choice(["fact", "add", "count"]))
-        messages += [Message("user", prior_text), Message("assistant", render_correct(rng, prior))]
-    messages.append(Message("user", text))
-    return task, tuple(messages)
-
-
 def is_eval_request(text: str, seed: int) -> bool:
     """Whether a final request belongs to the held-out side (a seeded hash of its text; about
     ``EVAL_REQUEST_FRACTION`` of all distinct requests)."""
     digest = hashlib.sha256(f"{seed}|{normalize(text).lower()}".encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < EVAL_REQUEST_FRACTION
-
-
-def make_prompt_pools(world: World, seed: int, n_train: int, n_eval: int
-                      ) -> tuple[list[Messages], list[Messages]]:
-    """Disjoint train and eval pools of distinct prompts.
-
-    The split is by final request: a request (e.g. "What is 3 plus 5?") is either held out or not,
-    so no eval prompt's request is ever a training prompt's request, in any conversation. Prior turns
-    of multi-turn prompts and the world's facts are shared (the base model must know the facts)."""
-    rng = random.Random(f"prompts-{seed}")
-    pools: dict[bool, list[Messages]] = {False: [], True: []}
-    seen: set[Messages] = set()
-    wanted = {False: n_train, True: n_eval}
-    for _ in range(50 * (n_train + n_eval)):
-        _, messages = sample_prompt(rng, world)
-        side = is_eval_request(messages[-1].content, seed)
-        if messages not in seen and len(pools[side]) < wanted[side]:
-            seen.add(messages)
-            pools[side].append(messages)
-        if all(len(pools[k]) >= wanted[k] for k in pools):
-            return pools[False], pools[True]
-    raise RuntimeError("could not draw enough distinct gym prompts; lower the pool sizes")
 
 
 # ----------------------------------------------------------------------------- parsing

@@ -10,7 +10,7 @@ the same. :func:`model_identity` says what "the same" means:
   by ordinary tools. A touched-but-equal file therefore only costs a recompute, never a stale reuse.
   The folder's resolved path is part of the identity. In ``content`` mode each file contributes its
   SHA-256 instead; the path is left out, so a copied or moved folder keeps its cache entries.
-  Hashing reads every byte (benchmarks/reference_cache.md has the measured cost);
+  Hashing reads every byte (benchmarks/reference_cache/README.md: about 1.3 s per GB);
 - a **hub name**: its commit. A pinned 40-hex ``revision`` is used as is; otherwise the revision (or
   ``main``) is resolved through the local Hugging Face cache, then (unless ``HF_HUB_OFFLINE`` is set)
   through the hub's API. When neither answers, the identity is None and the caller must not cache.

@@ -21,8 +21,9 @@ Conventions:
 from __future__ import annotations
 
 import importlib.util
-
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +141,71 @@ def _pretrained_kwargs(settings: ModelSettings, extra: dict[str, Any]) -> dict[s
 
 
 def _from_pretrained(auto_cls, source: str, kwargs: dict[str, Any], what: str):
-    """Call ``auto_cls.from_pretrained`` and turn its OSErrors into a short ModelLoadError."""
+    """Call ``auto_cls.from_pretrained`` quietly and turn its OSErrors into a short ModelLoadError.
+
+    transformers' weight-loading bars and its load-report table are switched off for the call; a
+    model with newly initialised weights (e.g. the score head of a reward model made from a causal
+    LM) gets one line on stderr instead, naming them (:func:`report_new_weights`)."""
     try:
-        return auto_cls.from_pretrained(source, **kwargs)
+        with quiet_transformers():
+            loaded = auto_cls.from_pretrained(source, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {what} from {source!r}: {first}") from None
+    if not hasattr(loaded, "parameters"):  # a tokenizer
+        return loaded
+    report_new_weights(loaded, source, what)
+    return loaded
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers logs errors only, and shows no progress bars, inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def new_weight_names(model, source: str) -> list[str]:
+    """Parameters of ``model`` that the checkpoint at ``source`` does not hold (newly initialised).
+
+    Reads only the safetensors headers (tensor names), not the weights."""
+    from safetensors import safe_open
+
+    folder = Path(source)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return []
+    stored: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            stored.update(fh.keys())
+    prefix = getattr(model, "base_model_prefix", "")
+    names = []
+    for name, _ in model.named_parameters():
+        bare = name[len(prefix) + 1:] if prefix and name.startswith(prefix + ".") else name
+        if name not in stored and bare not in stored and f"{prefix}.{name}" not in stored:
+            names.append(name)
+    return names
+
+
+def report_new_weights(model, source: str, what: str) -> None:
+    """One alignlab line on stderr naming the newly initialised weights, if any."""
+    names = new_weight_names(model, source)
+    if names:
+        params = dict(model.named_parameters())
+        count = sum(params[n].numel() for n in names)
+        print(f"alignlab: {what} from {source}: newly initialised {', '.join(names)} "
+              f"({count} parameters)", file=sys.stderr)
 
 
 def load_tokenizer(source: str, settings: ModelSettings, extra: dict[str, Any] | None = None):
@@ -244,7 +304,8 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = 
     to_save = model
     if merge_lora and _is_peft(model):
         to_save = merged_copy(model)
-    to_save.save_pretrained(out, safe_serialization=True)
+    with quiet_transformers():
+        to_save.save_pretrained(out, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out

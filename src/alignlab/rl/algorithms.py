@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
-from alignlab.config import RLSettings
 from alignlab.losses.inputs import PairInputs, SeqStats
 from alignlab.rl import advantages as adv
 from alignlab.rl.experience import Experience
 from alignlab.rl.kl import kl_estimate
 from alignlab.rl.objectives import grpo_loss, ppo_policy_loss
+from alignlab.rl.settings import RLSettings
 
 
 @dataclass

@@ -15,23 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from alignlab.data.records import Messages
-
-
-class Scorer(Protocol):
-    """Anything with a ``name`` and a batched ``score``."""
-
-    name: str
-
-    def score(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]:
-        ...
-
-
-def check_lengths(prompts: Sequence, completions: Sequence, name: str) -> None:
-    if len(prompts) != len(completions):
-        raise ValueError(f"scorer {name!r}: {len(prompts)} prompts but {len(completions)} completions")
+from alignlab.scoring import Scorer, check_lengths
 
 
 @dataclass
@@ -184,15 +170,9 @@ def build_one_scorer(settings, policy=None, tokenizer=None, device=None):
 
 def reward_model_scorer(settings, device, name: str):
     """A trained reward model (``settings.path``) with the lengths it was trained with."""
-    from alignlab.config import ModelSettings
-    from alignlab.eval.winrate import RewardJudge, rm_lengths
-    from alignlab.models.loading import load_reward_model
+    from alignlab.eval.winrate import load_reward_judge
 
-    model, rm_tokenizer = load_reward_model(ModelSettings(path=settings.path), for_training=False)
-    if device is not None:
-        model = model.to(device)
-    max_length, max_prompt = rm_lengths(settings.path)
-    return RewardJudge(model, rm_tokenizer, max_length, max_prompt, settings.batch_size, name)
+    return load_reward_judge(settings.path, settings.batch_size, device, name)
 
 
 def build_scorer(settings_list, policy=None, tokenizer=None, device=None) -> WeightedScorer:

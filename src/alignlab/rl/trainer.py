@@ -29,21 +29,33 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 
-from alignlab.config import OnlineConfig
+from alignlab.config import (
+    DataSettings,
+    GenerationSettings,
+    ModelSettings,
+    ScorerSettings,
+    StageConfig,
+    TrainSettings,
+)
 from alignlab.data.loading import load_prompt_data
 from alignlab.generation.factory import make_generator
+from alignlab.losses.terms import LossTerm, loss_term_list
 from alignlab.models.loading import load_causal_lm, load_reward_model
-from alignlab.rl.algorithms import Algorithm, LossContext, get_algorithm
+from alignlab.rl.algorithms import Algorithm, LossContext, check_config, get_algorithm
 from alignlab.rl.critic import ValueModule, critic_values
 from alignlab.rl.experience import Experience, experience_from_rollout
+from alignlab.rl.held_out import evaluate_prompts
 from alignlab.rl.kl import AdaptiveKLController, FixedKLController
 from alignlab.rl.objectives import ptx_loss, value_loss
 from alignlab.rl.ptx import PtxStream
 from alignlab.rl.rollout import Clock, collect_rollout
 from alignlab.rl.scorers import build_scorer
+from alignlab.rl.settings import RLSettings
 from alignlab.runs import RunFolder
 from alignlab.train.checkpoint import Progress, latest_checkpoint, save_checkpoint
 from alignlab.train.common import report_data, save_final, start_stage
@@ -52,6 +64,52 @@ from alignlab.train.loop import main_log
 from alignlab.train.objective import Objective
 from alignlab.train.sampler import StepSampler
 from alignlab.train.schedule import make_scheduler
+
+
+class OnlineConfig(StageConfig):
+    """Online RL from feedback: rollout -> score -> advantage -> update, one loop for every algorithm.
+
+    ``train.max_steps`` counts iterations (one rollout each; default: one pass over the prompts);
+    ``train.batch_size`` is prompts per iteration per process, each sampled
+    ``generation.num_samples`` times. ``loss`` is the preference objective of ``online_dpo``.
+    ``ptx_data`` is the pretraining/SFT data of PPO-ptx (with ``rl.ptx_coef`` > 0).
+    ``eval_prompts``: held-out prompts answered and scored every ``train.eval_every`` iterations and
+    at the end (:mod:`alignlab.rl.held_out`).
+    """
+
+    stage: Literal["online"] = "online"
+    algorithm: Literal["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo"]
+    model: ModelSettings
+    ref_model: ModelSettings | None = None
+    critic: ModelSettings | None = None
+    prompts: DataSettings
+    reward: list[ScorerSettings] = Field(min_length=1)
+    monitor: list[ScorerSettings] = Field(default_factory=list)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    backend: Literal["hf", "vllm"] = "hf"
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    rl: RLSettings = Field(default_factory=RLSettings)
+    loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="dpo", beta=0.1)],
+                                 min_length=1)
+    ptx_data: DataSettings | None = None
+    eval_prompts: DataSettings | None = None
+    out: str
+
+    @field_validator("reward", "monitor", mode="before")
+    @classmethod
+    def _one_or_many_scorers(cls, value):
+        return [value] if isinstance(value, dict) else value
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _one_or_many_losses(cls, value):
+        return loss_term_list(value)
+
+    @model_validator(mode="after")
+    def _check_algorithm(self) -> "OnlineConfig":
+        check_config(self)
+        return self
+
 
 # ----------------------------------------------------------------------------- set-up
 
@@ -503,6 +561,7 @@ def run_online(cfg: OnlineConfig, run: RunFolder) -> Path:
                        f"{cfg.generation.num_samples} samples per process; {state.plan.epochs} "
                        f"epoch(s) x {state.plan.minibatches} minibatch(es) each; from {start}")
     window = MetricSums()
+    eval_prompts = load_eval_prompts(cfg, state)
     for iteration in range(start, total):
         row = global_row(acc, one_iteration(state, iteration))
         progress.step = iteration + 1
@@ -514,10 +573,34 @@ def run_online(cfg: OnlineConfig, run: RunFolder) -> Path:
             logged["lr"] = state.learner.policy_sched.get_last_lr()[0]
             _log(acc, run, logged, iteration + 1, total)
             window = MetricSums()
+        if eval_prompts and _eval_due(cfg, iteration + 1, total):
+            _evaluate(state, eval_prompts, iteration + 1)
         if cfg.train.save_every and (iteration + 1) % cfg.train.save_every == 0:
             save_checkpoint(acc, run.checkpoint_dir, iteration + 1)
     acc.wait_for_everyone()
     return save_final(acc, run, acc.unwrap_model(state.learner.policy).model, state.tokenizer)
+
+
+def load_eval_prompts(cfg: OnlineConfig, state: OnlineRun) -> list:
+    if cfg.eval_prompts is None:
+        return []
+    loaded = load_prompt_data(cfg.eval_prompts)
+    report_data(state.acc, state.run, loaded, "held-out prompt")
+    return loaded.records
+
+
+def _eval_due(cfg: OnlineConfig, step: int, total: int) -> bool:
+    return step == total or bool(cfg.train.eval_every and step % cfg.train.eval_every == 0)
+
+
+def _evaluate(state: OnlineRun, prompts: list, step: int) -> None:
+    """Held-out evaluation of the live policy (:mod:`alignlab.rl.held_out`), logged at ``step``."""
+    row = evaluate_prompts(state.acc, prompts, state.generator, state.cfg.generation, state.scorer,
+                           state.monitor)
+    if state.acc.is_main_process:
+        state.run.log_metrics(row, step=step)
+        state.run.log(f"eval at iteration {step}: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in row.items() if not k.endswith("_se")))
 
 
 _SHOWN = ("reward/mean", "kl", "kl_coef", "response_length", "policy/clip_fraction",

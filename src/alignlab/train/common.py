@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -13,6 +14,7 @@ from accelerate.utils import gather_object, set_seed
 from alignlab.data.errors import RecordError
 from alignlab.models.loading import save_model
 from alignlab.runs import RunFolder
+from alignlab.train.held_out import BEST_DIR, BEST_FILE, best_model_dir
 from alignlab.train.loop import main_log, make_accelerator
 
 T = TypeVar("T")
@@ -70,10 +72,27 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def save_final(acc: Accelerator, run: RunFolder, model, tokenizer) -> Path:
-    """Save the trained model (LoRA merged) as safetensors in ``run.model_dir`` (main process)."""
+def save_final(acc: Accelerator, run: RunFolder, model, tokenizer, prefer_best: bool = False) -> Path:
+    """Save the trained model (LoRA merged) as safetensors in ``run.model_dir`` (main process).
+
+    With ``prefer_best`` and a model kept by ``train.save_best`` (``<out>/best_model``), that model
+    becomes ``model/`` instead of the last one."""
     if acc.is_main_process:
-        save_model(model, tokenizer, run.model_dir)
-        run.log(f"saved model to {run.model_dir}")
+        best = best_model_dir(run.path) if prefer_best else None
+        if best is None:
+            save_model(model, tokenizer, run.model_dir)
+            run.log(f"saved model to {run.model_dir}")
+        else:
+            if run.model_dir.exists():
+                shutil.rmtree(run.model_dir)
+            shutil.copytree(best, run.model_dir)
+            run.log(f"saved the best evaluation's model ({(run.path / BEST_FILE).read_text()}) "
+                    f"to {run.model_dir}")
     acc.wait_for_everyone()
     return run.model_dir
+
+
+def keep_best(run: RunFolder, tokenizer, unwrap: Callable[[torch.nn.Module], torch.nn.Module]):
+    """The ``save_best`` callback of a :class:`~alignlab.train.held_out.HeldOut`: saves
+    ``unwrap(module)`` (the HF model inside the stage's training module) to ``<out>/best_model``."""
+    return lambda module: save_model(unwrap(module), tokenizer, run.path / BEST_DIR)

@@ -32,12 +32,21 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
-from alignlab.config import ConfigError, DistillConfig, ModelSettings
+from alignlab.config import (
+    ConfigError,
+    DataSettings,
+    GenerationSettings,
+    ModelSettings,
+    StageConfig,
+    TrainSettings,
+)
 from alignlab.data.collate import pad_encoded
 from alignlab.data.errors import RecordError
 from alignlab.data.loading import load_prompt_data, load_records
@@ -48,8 +57,37 @@ from alignlab.losses.distill import coarse_kl_sum
 from alignlab.models.loading import load_causal_lm, load_tokenizer, resolve_model_source
 from alignlab.models.logprobs import final_hidden_states, head_logits
 from alignlab.runs import RunFolder
-from alignlab.train.common import batched, report_data, save_final, start_stage
+from alignlab.train.common import batched, keep_best, report_data, save_final, start_stage
+from alignlab.train.held_out import HeldOut
 from alignlab.train.loop import main_log, train_loop
+
+
+class DistillConfig(StageConfig):
+    """Context distillation (Askell et al. 2021, "A General Language Assistant as a Laboratory for
+    Alignment", section 3.1).
+
+    The teacher (``teacher``; default: the student's starting weights) reads ``context`` (the HHH
+    prompt; ``default`` is the one shipped with alignlab, or a path to a text file) followed by each
+    conversation in ``data``; its top-``top_k`` next-token probabilities at every position of the
+    conversation (``positions``) are stored. The student (``model``) is trained without the context
+    on the KL from those stored distributions. With ``generation`` set, ``data`` holds prompts and
+    the teacher first samples the responses (with the context). ``eval_data`` (same form as
+    ``data``) gets its own teacher pass (``teacher_eval/``) and the student's held-out KL to the
+    teacher is reported during training (``eval/kl``, ``train.eval_every``) and at the end.
+    """
+
+    stage: Literal["distill"] = "distill"
+    model: ModelSettings
+    teacher: ModelSettings | None = None
+    data: DataSettings
+    context: str = "default"
+    top_k: int = Field(50, ge=1)
+    positions: Literal["all", "assistant"] = "all"
+    generation: GenerationSettings | None = None
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval_data: DataSettings | None = None
+    out: str
+
 
 SHARD_RECORDS = 64
 HEAD_CHUNK = 256
@@ -455,8 +493,30 @@ def run_distill(cfg: DistillConfig, run: RunFolder) -> Path:
     if not items:
         raise ValueError(f"{loaded.source}: no sequence has a trained position within max_length")
     main_log(acc, run, f"{len(items)} sequences, {sum(len(i.positions) for i in items)} positions")
+    held_items = held_out_teacher(cfg, acc, run, tokenizer)
     model, tokenizer = load_causal_lm(cfg.model)
     collate = partial(collate_distill, pad_id=tokenizer.pad_token_id)
+    held_out = None
+    if held_items:
+        held_out = HeldOut(held_items, collate, distill_step, cfg.train.batch_size,
+                           save_best=keep_best(run, tokenizer, lambda module: module.model))
     result = train_loop(DistillModule(model), items, collate, distill_step, count_positions,
-                        cfg.train, run, acc)
-    return save_final(acc, run, result.model.model, tokenizer)
+                        cfg.train, run, acc, held_out)
+    return save_final(acc, run, result.model.model, tokenizer, cfg.train.save_best is not None)
+
+
+def held_out_teacher(cfg: DistillConfig, acc, run: RunFolder, tokenizer) -> list[DistillItem]:
+    """The teacher's outputs on ``eval_data`` (its own resumable pass into ``teacher_eval/``)."""
+    if cfg.eval_data is None:
+        return []
+    held_cfg = cfg.model_copy(update={"data": cfg.eval_data})
+    folder = run.path / "teacher_eval"
+    if acc.is_main_process:
+        loaded = load_source(held_cfg)
+        report_data(acc, run, loaded, "held-out " + ("prompt" if cfg.generation else "conversation"))
+        build_teacher_outputs(held_cfg, folder, tokenizer, partial(main_log, acc, run), loaded)
+    acc.wait_for_everyone()
+    items = TeacherStore(folder).load()
+    main_log(acc, run, f"{len(items)} held-out sequences, "
+                       f"{sum(len(i.positions) for i in items)} positions")
+    return items

@@ -26,8 +26,10 @@ import torch
 from accelerate import Accelerator
 
 from alignlab.config import TrainSettings
+from alignlab.progress import progress as progress_bar
 from alignlab.runs import RunFolder
 from alignlab.train.checkpoint import Progress, latest_checkpoint, save_checkpoint
+from alignlab.train.held_out import BestTracker, HeldOut, evaluate_held_out
 from alignlab.train.sampler import StepSampler
 from alignlab.train.schedule import make_scheduler
 
@@ -63,11 +65,12 @@ def main_log(accelerator: Accelerator, run: RunFolder, message: str) -> None:
 
 def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[list], dict],
                step_fn: StepFn, count_fn: CountFn, settings: TrainSettings, run: RunFolder,
-               accelerator: Accelerator | None = None) -> LoopResult:
+               accelerator: Accelerator | None = None, held_out: HeldOut | None = None) -> LoopResult:
     """Train ``model`` on ``dataset`` with AdamW; resume from the latest checkpoint in ``run``.
 
     ``accelerator``, when given, must be fresh (no model prepared yet): checkpoints hold every model
-    an Accelerator has prepared.
+    an Accelerator has prepared. ``held_out`` is evaluated every ``settings.eval_every`` steps and
+    after the last step (:mod:`alignlab.train.held_out`).
     """
     acc = accelerator or make_accelerator()
     sampler = StepSampler(len(dataset), settings.batch_size, acc.num_processes,
@@ -78,19 +81,52 @@ def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[
     main_log(acc, run, f"training {total} steps ({sampler.steps_per_epoch}/epoch, global batch "
                        f"{sampler.global_batch} on {acc.num_processes} process(es)), from step {start}")
     history = []
-    for step in range(start, total):
-        batches = [_to_device(collate_fn([dataset[i] for i in idx]), acc.device)
-                   for idx in sampler.micro_batches(step, acc.process_index)]
-        row = _optimiser_step(acc, model, optimizer, batches, step_fn, count_fn, settings)
-        row["lr"] = scheduler.get_last_lr()[0]
-        scheduler.step()
-        _record_progress(progress, sampler, step + 1)
-        if (step + 1) % settings.log_every == 0 or step + 1 == total:
-            history.append(_log_row(acc, run, row, step + 1, total))
-        if settings.save_every and (step + 1) % settings.save_every == 0:
-            save_checkpoint(acc, run.checkpoint_dir, step + 1)
+    tracker = _best_tracker(run, settings, held_out)
+    with progress_bar(total - start, "training") as bar:
+        for step in range(start, total):
+            batches = [_to_device(collate_fn([dataset[i] for i in idx]), acc.device)
+                       for idx in sampler.micro_batches(step, acc.process_index)]
+            row = _optimiser_step(acc, model, optimizer, batches, step_fn, count_fn, settings)
+            row["lr"] = scheduler.get_last_lr()[0]
+            scheduler.step()
+            _record_progress(progress, sampler, step + 1)
+            if (step + 1) % settings.log_every == 0 or step + 1 == total:
+                history.append(_log_row(acc, run, row, step + 1, total))
+            if held_out is not None and _eval_due(settings, step + 1, total):
+                history.append(_evaluate(acc, run, model, held_out, tracker, step + 1))
+            if settings.save_every and (step + 1) % settings.save_every == 0:
+                save_checkpoint(acc, run.checkpoint_dir, step + 1)
+            bar.advance()
     acc.wait_for_everyone()
     return LoopResult(acc.unwrap_model(model), acc, max(start, total), start, history)
+
+
+def _eval_due(settings: TrainSettings, step: int, total: int) -> bool:
+    return step == total or bool(settings.eval_every and step % settings.eval_every == 0)
+
+
+def _best_tracker(run: RunFolder, settings: TrainSettings, held_out: HeldOut | None):
+    if settings.save_best is None or held_out is None or held_out.save_best is None:
+        return None
+    return BestTracker(run.path, settings.save_best.metric, settings.save_best.mode)
+
+
+def _evaluate(acc: Accelerator, run: RunFolder, model, held_out: HeldOut,
+              tracker: BestTracker | None, step: int) -> dict:
+    """Evaluate the held-out set, log it, and keep the model when it is the best so far."""
+    row = evaluate_held_out(acc, model, held_out)
+    if acc.is_main_process:
+        run.log_metrics(row, step=step)
+        run.log(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                    if k != "eval/count"))
+    if tracker is not None and tracker.improves(row):
+        if acc.is_main_process:
+            held_out.save_best(acc.unwrap_model(model))
+            tracker.record(row, step)
+            run.log(f"best {tracker.metric} so far ({row[tracker.metric]:.4g}): model kept")
+        tracker.value = row[tracker.metric]
+        acc.wait_for_everyone()
+    return {"step": step, **row}
 
 
 def _prepare(acc: Accelerator, model: torch.nn.Module, settings: TrainSettings, total: int):

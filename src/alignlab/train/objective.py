@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from alignlab.config import LossTerm
 from alignlab.losses import LossParams, LossSpec, get_loss
+from alignlab.losses.terms import LossTerm
 
 
 @dataclass

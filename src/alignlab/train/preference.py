@@ -23,22 +23,28 @@ run resumes inside the chunk it was training.
 
 from __future__ import annotations
 
+import copy
 import gc
 import itertools
 import shutil
 import time
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 
-from alignlab.config import ModelSettings, PreferenceConfig
+from alignlab.config import DataSettings, ModelSettings, StageConfig, StrictModel, TrainSettings
 from alignlab.data.collate import pad_encoded
 from alignlab.data.loading import load_records
+from alignlab.losses import get_loss
+from alignlab.losses.terms import LossTerm, loss_term_list
 from alignlab.models.loading import load_causal_lm, load_tokenizer, resolve_model_source
 from alignlab.models.reference import precompute_logprobs
 from alignlab.runs import RunFolder
-from alignlab.train.common import report_data, save_final, sharded_map, start_stage
+from alignlab.train.common import keep_best, report_data, save_final, sharded_map, start_stage
+from alignlab.train.held_out import HeldOut
 from alignlab.train.loop import main_log, make_accelerator, train_loop
 from alignlab.train.objective import Objective
 from alignlab.train.pref_examples import (
@@ -58,6 +64,64 @@ from alignlab.train.reference_cache import (
     model_fingerprint,
     resolve_cache_dir,
 )
+
+
+class SDPOSettings(StrictModel):
+    """sDPO (Kim et al. 2024): train on ``stages`` consecutive chunks of the data; each chunk's
+    reference is the model that finished the previous chunk."""
+
+    stages: int = Field(2, ge=2)
+
+
+class PreferenceConfig(StageConfig):
+    """Offline preference optimisation: any registered objective (or a weighted sum of several).
+
+    ``stage: dpo`` and ``stage: preference`` are the same stage. ``reference_cache`` is the folder of
+    the on-disk reference log-prob cache (``auto``: ``$ALIGNLAB_CACHE/reference``; ``none``: compute
+    every run, keep nothing). ``reference_cache_weights`` says how the cache recognises the reference
+    weights: ``stat`` (default; size, mtime and ctime of every file) or ``content`` (SHA-256 of every
+    file: survives copying the model folder, costs one read of the weights per run).
+    ``eval_data`` (same kind as ``data``) is evaluated during training (``train.eval_every``) and at
+    the end with the objective's own loss and metrics: for DPO ``eval/rewards/accuracy``,
+    ``eval/rewards/margin``, ``eval/rewards/chosen``, ``eval/rewards/rejected`` (reference values of
+    the held-out rows are cached like the training rows).
+    """
+
+    stage: Literal["dpo", "preference"] = "dpo"
+    model: ModelSettings
+    ref_model: ModelSettings | None = None
+    data: DataSettings
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="dpo", beta=0.1)],
+                                 min_length=1)
+    reference_cache: str = "auto"
+    reference_cache_weights: Literal["stat", "content"] = "stat"
+    sdpo: SDPOSettings | None = None
+    eval_data: DataSettings | None = None
+    out: str
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return loss_term_list(value)
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> "PreferenceConfig":
+        specs = [get_loss(term.name) for term in self.loss]
+        kinds = {spec.data_kind for spec in specs}
+        if len(kinds) > 1:
+            raise ValueError("loss: combined objectives must train on one data kind, got "
+                             + ", ".join(f"{s.name}={s.data_kind}" for s in specs))
+        if len({term.name for term in self.loss}) != len(self.loss):
+            raise ValueError("loss: an objective is listed twice")
+        if self.sdpo is not None and self.ref_model is not None:
+            raise ValueError("sdpo: the reference moves to each stage's starting model, so "
+                             "ref_model must not be set")
+        return self
+
+
+DPOConfig = PreferenceConfig
+
 
 SDPO_DONE = "DONE"
 REFERENCE_BLOCK = 1024  # examples per cached block of reference values
@@ -83,9 +147,10 @@ def encode_examples(cfg: PreferenceConfig, objective: Objective, tokenizer, reco
     return encode_ranked(tokenizer, records, *lengths)
 
 
-def load_examples(cfg: PreferenceConfig, objective: Objective, acc, run: RunFolder, tokenizer):
-    loaded = load_records(cfg.data, objective.data_kind)
-    report_data(acc, run, loaded, objective.data_kind)
+def load_examples(cfg: PreferenceConfig, objective: Objective, acc, run: RunFolder, tokenizer,
+                  data: DataSettings | None = None, what: str = ""):
+    loaded = load_records(data or cfg.data, objective.data_kind)
+    report_data(acc, run, loaded, f"{what}{objective.data_kind}")
     try:
         return encode_examples(cfg, objective, tokenizer, loaded.records)
     except ValueError as exc:
@@ -181,6 +246,31 @@ def preference_step(model, batch: dict, objective: Objective):
     return losses.sum(), count_examples(batch), {k: v.float().sum() for k, v in metrics.items()}
 
 
+def held_out_step(model, batch: dict, objective: Objective):
+    """:func:`preference_step` that leaves a stateful objective (e.g. beta-DPO's running statistics)
+    as it found it, so evaluating never changes training."""
+    state = copy.deepcopy(objective.state_dict())
+    try:
+        return preference_step(model, batch, objective)
+    finally:
+        objective.load_state_dict(state)
+
+
+def preference_held_out(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
+                        examples: list[Example] | None, ref_settings: ModelSettings, policy,
+                        tokenizer) -> HeldOut | None:
+    """The held-out examples (reference attached when the objective needs one) for the loop."""
+    if not examples:
+        return None
+    if objective.reference == "cached":
+        examples = attach_reference(cfg, acc, run, objective, examples, ref_settings, policy,
+                                    tokenizer)
+    collate = partial(collate_examples, pad_id=tokenizer.pad_token_id)
+    return HeldOut(examples, collate, partial(held_out_step, objective=objective),
+                   cfg.train.batch_size,
+                   save_best=keep_best(run, tokenizer, lambda module: module.model))
+
+
 def online_reference(cfg: PreferenceConfig, objective: Objective, policy):
     """The frozen model TDPO-style objectives run per batch (None: the LoRA adapter-disabled policy)."""
     if objective.reference != "online":
@@ -190,8 +280,6 @@ def online_reference(cfg: PreferenceConfig, objective: Objective, policy):
         return reference
     if cfg.model.lora is not None:
         return None
-    import copy
-
     frozen = copy.deepcopy(policy).eval()
     frozen.requires_grad_(False)
     return frozen
@@ -199,7 +287,7 @@ def online_reference(cfg: PreferenceConfig, objective: Objective, policy):
 
 def train_chunk(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
                 model_settings: ModelSettings, examples: list[Example], ref_settings: ModelSettings,
-                tokenizer):
+                tokenizer, eval_examples: list[Example] | None = None):
     """Reference pass (if any), then training on ``examples``; returns the trained policy."""
     policy = None
     if objective.reference == "cached":
@@ -209,6 +297,8 @@ def train_chunk(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc
                                     tokenizer)
     elif objective.reference == "none":
         main_log(acc, run, "reference-free objective: no reference model is loaded")
+    held_out = preference_held_out(cfg, run, objective, acc, eval_examples, ref_settings, policy,
+                                   tokenizer)
     if policy is None:
         policy, _ = load_causal_lm(model_settings)
     reference = online_reference(cfg, objective, policy)
@@ -216,7 +306,8 @@ def train_chunk(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc
     collate = partial(collate_examples, pad_id=tokenizer.pad_token_id)
     step = partial(preference_step, objective=objective)
     acc.register_for_checkpointing(objective)
-    result = train_loop(module, examples, collate, step, count_examples, cfg.train, run, acc)
+    result = train_loop(module, examples, collate, step, count_examples, cfg.train, run, acc,
+                        held_out)
     return result.model.model
 
 
@@ -227,11 +318,16 @@ def run_preference(cfg: PreferenceConfig, run: RunFolder) -> Path:
                       cfg.train.seed, run)
     tokenizer = policy_tokenizer(cfg.model)
     examples = load_examples(cfg, objective, acc, run, tokenizer)
+    eval_examples = None
+    if cfg.eval_data is not None:
+        eval_examples = load_examples(cfg, objective, acc, run, tokenizer, cfg.eval_data,
+                                      "held-out ")
     if cfg.sdpo is not None:
-        return run_sdpo(cfg, run, objective, acc, examples, tokenizer)
+        return run_sdpo(cfg, run, objective, acc, examples, tokenizer, eval_examples)
     ref_settings = cfg.ref_model or cfg.model
-    policy = train_chunk(cfg, run, objective, acc, cfg.model, examples, ref_settings, tokenizer)
-    return save_final(acc, run, policy, tokenizer)
+    policy = train_chunk(cfg, run, objective, acc, cfg.model, examples, ref_settings, tokenizer,
+                         eval_examples)
+    return save_final(acc, run, policy, tokenizer, cfg.train.save_best is not None)
 
 
 # ----------------------------------------------------------------------------- sDPO
@@ -246,7 +342,8 @@ def sdpo_chunks(examples: list[Example], stages: int) -> list[list[Example]]:
 
 
 def run_sdpo(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
-             examples: list[Example], tokenizer) -> Path:
+             examples: list[Example], tokenizer,
+             eval_examples: list[Example] | None = None) -> Path:
     """Train chunk by chunk; chunk k starts from, and is referenced to, chunk k-1's saved model."""
     settings = cfg.model
     for k, chunk in enumerate(sdpo_chunks(examples, cfg.sdpo.stages), start=1):
@@ -255,8 +352,9 @@ def run_sdpo(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
             main_log(acc, run, f"sDPO stage {k}/{cfg.sdpo.stages}: {len(chunk)} examples from "
                                f"{settings.path}")
             stage_acc = acc if k == 1 else make_accelerator()
-            policy = train_chunk(cfg, sub, objective, stage_acc, settings, chunk, settings, tokenizer)
-            save_final(stage_acc, sub, policy, tokenizer)
+            policy = train_chunk(cfg, sub, objective, stage_acc, settings, chunk, settings,
+                                 tokenizer, eval_examples)
+            save_final(stage_acc, sub, policy, tokenizer, cfg.train.save_best is not None)
             if stage_acc.is_main_process:
                 (sub.path / SDPO_DONE).write_text("ok\n")
             del policy

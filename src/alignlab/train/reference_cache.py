@@ -40,6 +40,7 @@ from alignlab.config import ModelSettings
 from alignlab.models.fingerprint import WeightsCheck, model_identity
 from alignlab.models.gguf import cache_root
 from alignlab.models.loading import looks_local, resolve_model_source
+from alignlab.progress import progress
 from alignlab.train.pref_examples import Example
 
 CACHE_VERSION = 2  # 1: keyed on model + row digest only (before the layout fix)
@@ -180,17 +181,20 @@ def cached_reference(examples: list[Example], cache: ReferenceCache,
     """
     out: list[Example] = []
     hits = 0
-    for index, start in enumerate(range(0, len(examples), cache.block_size)):
-        block = examples[start:start + cache.block_size]
-        values = cache.load(index, len(block))
-        if values is None:
-            values = compute(block)
-            if is_main:
-                cache.save(index, values)
-            barrier()
-        else:
-            hits += 1
-        out += [ex.with_reference(v.tolist()) for ex, v in zip(block, values)]
+    starts = range(0, len(examples), cache.block_size)
+    with progress(len(examples), "reference log-probs") as bar:
+        for index, start in enumerate(starts):
+            block = examples[start:start + cache.block_size]
+            values = cache.load(index, len(block))
+            if values is None:
+                values = compute(block)
+                if is_main:
+                    cache.save(index, values)
+                barrier()
+            else:
+                hits += 1
+            out += [ex.with_reference(v.tolist()) for ex, v in zip(block, values)]
+            bar.advance(len(block))
     if cache.folder is not None:
         log(f"reference log-probs: {hits} cached block(s) reused, folder {cache.folder}")
     return out

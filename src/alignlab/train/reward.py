@@ -14,10 +14,12 @@ from __future__ import annotations
 import random
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from alignlab.config import RMConfig
+from alignlab.config import DataSettings, ModelSettings, StageConfig, TrainSettings
 from alignlab.data.collate import collate_pairs
 from alignlab.data.loading import load_records
 from alignlab.data.tokenize import encode_pair
@@ -26,6 +28,7 @@ from alignlab.models.loading import load_reward_model
 from alignlab.runs import RunFolder
 from alignlab.train.common import (
     encode_all,
+    keep_best,
     report_data,
     save_final,
     sharded_map,
@@ -33,7 +36,25 @@ from alignlab.train.common import (
     to_device,
 )
 from alignlab.train.forward import RewardModule
+from alignlab.train.held_out import HeldOut
 from alignlab.train.loop import main_log, train_loop
+
+
+class RMConfig(StageConfig):
+    """Reward model: Bradley–Terry pairwise loss (soft labels allowed).
+
+    The held-out pairs (``eval_data``, else a seeded ``eval_fraction`` of ``data``) are scored after
+    training (accuracy, loss, margin, ECE: ``eval.json``); with ``train.eval_every`` or
+    ``train.save_best`` they are also evaluated during training (``eval/loss``, ``eval/accuracy``,
+    ``eval/margin``)."""
+
+    stage: Literal["rm"] = "rm"
+    model: ModelSettings
+    data: DataSettings
+    eval_data: DataSettings | None = None
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    out: str
 
 
 def count_pairs(batch: dict) -> int:
@@ -111,8 +132,12 @@ def run_rm(cfg: RMConfig, run: RunFolder) -> Path:
     eval_items = encode_all(eval_records, encode, "eval data")
     main_log(acc, run, f"{len(train_items)} training pairs, {len(eval_items)} eval pairs")
     collate = partial(collate_pairs, pad_id=tokenizer.pad_token_id)
+    held_out = None
+    if eval_items and (cfg.train.eval_every or cfg.train.save_best):
+        held_out = HeldOut(eval_items, collate, rm_step, cfg.train.batch_size,
+                           save_best=keep_best(run, tokenizer, lambda module: module.model))
     result = train_loop(RewardModule(model), train_items, collate, rm_step, count_pairs,
-                        cfg.train, run, acc)
+                        cfg.train, run, acc, held_out)
     if eval_items:
         scores = evaluate_rm(acc, result.model.to(acc.device), eval_items, collate,
                              cfg.train.batch_size)
@@ -120,4 +145,4 @@ def run_rm(cfg: RMConfig, run: RunFolder) -> Path:
             run.log_metrics({f"eval/{k}": v for k, v in scores.items()}, step=result.step)
             run.write_json("eval.json", scores)
         main_log(acc, run, "eval: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()))
-    return save_final(acc, run, result.model.model, tokenizer)
+    return save_final(acc, run, result.model.model, tokenizer, cfg.train.save_best is not None)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
-from alignlab.config import SFTConfig
+from pydantic import Field
+
+from alignlab.config import DataSettings, ModelSettings, StageConfig, TrainSettings
 from alignlab.data.collate import pad_encoded
 from alignlab.data.loading import load_records
 from alignlab.data.packing import pack_encoded
@@ -19,9 +22,22 @@ from alignlab.data.tokenize import encode_conversation
 from alignlab.losses.sft import nll_sum
 from alignlab.models.loading import load_causal_lm
 from alignlab.runs import RunFolder
-from alignlab.train.common import encode_all, report_data, save_final, start_stage
+from alignlab.train.common import encode_all, keep_best, report_data, save_final, start_stage
 from alignlab.train.forward import TokenLogprobModule
+from alignlab.train.held_out import HeldOut, perplexity
 from alignlab.train.loop import main_log, train_loop
+
+
+class SFTConfig(StageConfig):
+    """Supervised fine-tuning: prompt-masked NLL on assistant turns."""
+
+    stage: Literal["sft"] = "sft"
+    model: ModelSettings
+    data: DataSettings
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    packing: bool = False
+    eval_data: DataSettings | None = None
+    out: str
 
 
 def count_targets(batch: dict) -> int:
@@ -59,6 +75,20 @@ def run_sft(cfg: SFTConfig, run: RunFolder) -> Path:
     if not items:
         raise ValueError(f"{loaded.source}: no sequence has a target token within max_length")
     collate = partial(pad_encoded, pad_id=tokenizer.pad_token_id)
+    held_out = sft_held_out(cfg, acc, run, tokenizer, collate)
     result = train_loop(TokenLogprobModule(model), items, collate, sft_step, count_targets,
-                        cfg.train, run, acc)
-    return save_final(acc, run, result.model.model, tokenizer)
+                        cfg.train, run, acc, held_out)
+    return save_final(acc, run, result.model.model, tokenizer, cfg.train.save_best is not None)
+
+
+def sft_held_out(cfg: SFTConfig, acc, run: RunFolder, tokenizer, collate) -> HeldOut | None:
+    """``eval_data`` as held-out sequences: NLL per target token and perplexity during training."""
+    if cfg.eval_data is None:
+        return None
+    loaded = load_records(cfg.eval_data, "conversation")
+    report_data(acc, run, loaded, "held-out conversation")
+    items, dropped = build_sft_items(cfg.model_copy(update={"packing": False}), tokenizer,
+                                     loaded.records, loaded.source)
+    main_log(acc, run, f"{len(items)} held-out sequences ({dropped} without target tokens dropped)")
+    return HeldOut(items, collate, sft_step, cfg.train.batch_size, derive=perplexity,
+                   save_best=keep_best(run, tokenizer, lambda module: module.model))

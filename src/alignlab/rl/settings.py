@@ -1,0 +1,46 @@
+"""Knobs of the online algorithms (``rl:`` in an online config), shared by the algorithms and the trainer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from alignlab.config import StrictModel
+
+
+class RLSettings(StrictModel):
+    """Knobs of the online algorithms (see ``alignlab.rl.algorithms`` for which one reads what).
+
+    KL: ``kl_coef`` is beta (fixed), or the starting beta of the adaptive controller when
+    ``kl_target`` is set (Ziegler et al. 2019). PPO, RLOO and REINFORCE++ put the KL in the reward;
+    GRPO puts the k3 estimate in the loss. ``ref_sync_every`` > 0 replaces the reference by the
+    current policy every that many iterations (iterative methods); 0 keeps the starting model.
+    ``whiten_advantages`` None means the algorithm's default (on for PPO, off for the others).
+    ``minibatch_size`` and ``micro_batch_size`` count sequences (pairs for online DPO); None: one
+    minibatch / no split.
+    """
+
+    ppo_epochs: int = Field(1, ge=1)
+    minibatch_size: int | None = Field(None, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    clip_eps: float = Field(0.2, gt=0.0)
+    clip_eps_high: float | None = Field(None, gt=0.0)
+    kl_coef: float = Field(0.05, ge=0.0)
+    kl_target: float | None = Field(None, gt=0.0)
+    kl_horizon: float = Field(10000.0, gt=0.0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    whiten_advantages: bool | None = None
+    score_norm: Literal["none", "batch"] = "none"
+    reward_clip: float | None = Field(None, gt=0.0)
+    missing_eos_penalty: float | None = None
+    vf_coef: float = Field(0.1, ge=0.0)
+    value_clip: float | None = Field(0.2, gt=0.0)
+    critic_learning_rate: float | None = Field(None, gt=0.0)
+    grpo_scale: Literal["std", "none"] = "std"
+    reduction: Literal["auto", "token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "auto"
+    ptx_coef: float = Field(0.0, ge=0.0)
+    ref_sync_every: int = Field(0, ge=0)
+
