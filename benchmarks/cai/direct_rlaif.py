@@ -28,6 +28,9 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 from pipeline import cell, stage_seconds, style_shares  # noqa: E402
 
+sys.path.insert(0, str(HERE.parent))
+from tables import write_block  # noqa: E402
+
 RUNS = Path("runs")
 CAI = RUNS / "cai"
 RECIPE = ROOT / "recipes" / "gym-cai" / "direct_rlaif.yaml"
@@ -113,14 +116,6 @@ def block(results: dict) -> str:
             + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_seconds"].items() if v) + ".\n")
 
 
-def replace_block(path: Path, marker: str, body: str) -> None:
-    text = path.read_text()
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    head, rest = text.split(start)
-    _, tail = rest.split(end)
-    path.write_text(f"{head}{start}\n{body.strip()}\n{end}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--collect", action="store_true", help="only collect finished runs")
@@ -129,7 +124,7 @@ def main() -> None:
     results = collect(seconds)
     (HERE / "direct_rlaif.json").write_text(json.dumps(results, indent=1))
     text = block(results)
-    replace_block(HERE / "direct_rlaif.md", "direct_rlaif", text)
+    write_block(HERE / "direct_rlaif.md", "direct_rlaif", text)
     print(text)
 
 

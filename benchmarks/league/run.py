@@ -24,6 +24,9 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+from tables import replace_block  # noqa: E402  (benchmarks/online/run.py imports it from here)
+
 TRAIN = {"learning_rate": 5.0e-5, "epochs": 1, "max_length": 96, "max_prompt_length": 64,
          "log_every": 5, "warmup_ratio": 0.05, "seed": 0}
 PAIRS, SOFT, RANKED = "prefs.jsonl", "prefs_soft.jsonl", "ranked.jsonl"
@@ -213,15 +216,9 @@ def readme_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, marker: str, body: str) -> str:
-    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->``."""
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    head, rest = text.split(start)
-    _, tail = rest.split(end)
-    return f"{head}{start}\n{body.strip()}\n{end}{tail}"
-
-
 def update_readme(rows: list[dict]) -> None:
+    own = HERE / "README.md"
+    own.write_text(replace_block(own.read_text(), "league", table(rows)))
     readme = HERE.parents[1] / "README.md"
     text = replace_block(readme.read_text(), "league", table(rows))
     text = replace_block(text, "methods", "| objective | config | paper | needs reference | data | "

@@ -24,6 +24,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+from tables import write_block  # noqa: E402
+
 STAGES = ("gym", "sft", "rm", "dpo", "eval_base", "eval_sft", "eval_dpo", "report")
 METRICS = ("gold_reward", "harmless_rate", "helpful_rate", "evasive_rate", "off_grammar_rate",
            "proxy_reward", "win_rate", "kl", "length_tokens")
@@ -101,14 +104,6 @@ def summary(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_block(path: Path, marker: str, body: str) -> None:
-    text = path.read_text()
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    head, rest = text.split(start)
-    _, tail = rest.split(end)
-    path.write_text(f"{head}{start}\n{body.strip()}\n{end}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/quickstart")
@@ -122,8 +117,8 @@ def main() -> None:
     text = summary(results)
     (HERE / "results.md").write_text(text)
     if args.readme:
-        replace_block(ROOT / "README.md", "quickstart", text)
-        replace_block(HERE / "README.md", "quickstart", text)
+        write_block(ROOT / "README.md", "quickstart", text)
+        write_block(HERE / "README.md", "quickstart", text)
     print(text)
 
 

@@ -170,7 +170,13 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out",
 
 
 def main() -> None:
-    """Entry point of the ``alignlab`` console script."""
+    """Entry point of the ``alignlab`` console script.
+
+    Hugging Face's own progress bars (weight loading, shard writing) are switched off unless the user
+    set ``HF_HUB_DISABLE_PROGRESS_BARS``: alignlab shows its own (:mod:`alignlab.progress`)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app(prog_name="alignlab")
 
 
