@@ -191,23 +191,32 @@ class LazyReference:
 
 
 def reference_cache_for(cfg: PreferenceConfig, objective: Objective, examples: list[Example],
-                        ref_settings: ModelSettings, adapter_base: bool, log) -> ReferenceCache:
+                        fingerprint: dict | None, log) -> ReferenceCache:
     """The cache entry of these examples' reference values (``reference_cache`` module docstring)."""
-    root = resolve_cache_dir(cfg.reference_cache)
-    fingerprint = None
-    if root is not None:
-        fingerprint = model_fingerprint(ref_settings, adapter_base, cfg.reference_cache_weights)
-        if fingerprint is None:
-            log(f"reference cache off: hub model {ref_settings.path!r} has no pinned revision and "
-                "its commit cannot be resolved (set model.revision to a commit to cache)")
     layout = example_layout(objective.data_kind, examples, "kl_pairs" in objective.needs)
-    return ReferenceCache(root, cache_meta(fingerprint, layout, examples, REFERENCE_BLOCK), log)
+    return ReferenceCache(resolve_cache_dir(cfg.reference_cache),
+                          cache_meta(fingerprint, layout, examples, REFERENCE_BLOCK), log)
+
+
+def reference_fingerprint(cfg: PreferenceConfig, ref_settings: ModelSettings, adapter_base: bool,
+                          log) -> dict | None:
+    """The reference weights' identity for the cache key (None: no disk cache, or a hub model
+    whose commit cannot be resolved, which is logged)."""
+    if resolve_cache_dir(cfg.reference_cache) is None:
+        return None
+    fingerprint = model_fingerprint(ref_settings, adapter_base, cfg.reference_cache_weights)
+    if fingerprint is None:
+        log(f"reference cache off: hub model {ref_settings.path!r} has no pinned revision and "
+            "its commit cannot be resolved (set model.revision to a commit to cache)")
+    return fingerprint
 
 
 def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, objective: Objective,
-                     examples: list[Example], ref_settings: ModelSettings, policy,
-                     tokenizer) -> list[Example]:
-    """Examples with cached reference log-probs (computed where the cache has none)."""
+                     example_sets: list[list[Example]], ref_settings: ModelSettings, policy,
+                     tokenizer) -> list[list[Example]]:
+    """Each set of examples (training, held-out) with cached reference log-probs, computed where
+    its cache entry has none. The reference model is loaded at most once and the weights are
+    fingerprinted once for all sets; each set keeps its own cache entry."""
     adapter_base = policy is not None and cfg.model.lora is not None
     lazy = LazyReference(ref_settings, policy, tokenizer)
     batch_size = cfg.train.batch_size
@@ -220,12 +229,15 @@ def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, objective: Obje
 
     log = partial(main_log, acc, run)
     start = time.time()
-    cache = reference_cache_for(cfg, objective, examples, ref_settings, adapter_base, log)
-    out = cached_reference(examples, cache, compute, acc.is_main_process, acc.wait_for_everyone, log)
+    fingerprint = reference_fingerprint(cfg, ref_settings, adapter_base, log)
+    out = [cached_reference(examples, reference_cache_for(cfg, objective, examples, fingerprint, log),
+                            compute, acc.is_main_process, acc.wait_for_everyone, log)
+           for examples in example_sets]
     lazy.release()
     source = "ref_model" if policy is None else (
         "policy with adapter disabled" if adapter_base else "starting policy")
-    main_log(acc, run, f"reference log-probs for {len(examples)} examples from the {source} "
+    counts = " + ".join(str(len(examples)) for examples in example_sets)
+    main_log(acc, run, f"reference log-probs for {counts} examples from the {source} "
                        f"({ref_settings.path}) in {time.time() - start:.1f}s")
     if acc.is_main_process:
         run.log_metrics({"reference_seconds": time.time() - start}, step=0)
@@ -256,15 +268,11 @@ def held_out_step(model, batch: dict, objective: Objective):
         objective.load_state_dict(state)
 
 
-def preference_held_out(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc,
-                        examples: list[Example] | None, ref_settings: ModelSettings, policy,
-                        tokenizer) -> HeldOut | None:
-    """The held-out examples (reference attached when the objective needs one) for the loop."""
+def preference_held_out(cfg: PreferenceConfig, run: RunFolder, objective: Objective,
+                        examples: list[Example] | None, tokenizer) -> HeldOut | None:
+    """The held-out examples (reference already attached when the objective needs one)."""
     if not examples:
         return None
-    if objective.reference == "cached":
-        examples = attach_reference(cfg, acc, run, objective, examples, ref_settings, policy,
-                                    tokenizer)
     collate = partial(collate_examples, pad_id=tokenizer.pad_token_id)
     return HeldOut(examples, collate, partial(held_out_step, objective=objective),
                    cfg.train.batch_size,
@@ -293,12 +301,13 @@ def train_chunk(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc
     if objective.reference == "cached":
         if ref_settings is model_settings:
             policy, _ = load_causal_lm(model_settings)
-        examples = attach_reference(cfg, acc, run, objective, examples, ref_settings, policy,
-                                    tokenizer)
+        sets = [examples] + ([eval_examples] if eval_examples else [])
+        examples, *held = attach_reference(cfg, acc, run, objective, sets, ref_settings, policy,
+                                           tokenizer)
+        eval_examples = held[0] if held else eval_examples
     elif objective.reference == "none":
         main_log(acc, run, "reference-free objective: no reference model is loaded")
-    held_out = preference_held_out(cfg, run, objective, acc, eval_examples, ref_settings, policy,
-                                   tokenizer)
+    held_out = preference_held_out(cfg, run, objective, eval_examples, tokenizer)
     if policy is None:
         policy, _ = load_causal_lm(model_settings)
     reference = online_reference(cfg, objective, policy)
