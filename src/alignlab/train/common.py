@@ -68,10 +68,6 @@ def sharded_map(acc: Accelerator, items: Sequence[T], fn: Callable[[list[T]], li
     return [value for _, value in sorted(pairs, key=lambda p: p[0])]
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 def save_final(acc: Accelerator, run: RunFolder, model, tokenizer, prefer_best: bool = False) -> Path:
     """Save the trained model (LoRA merged) as safetensors in ``run.model_dir`` (main process).
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from alignlab.train.reduce import global_count, global_means, to_device
+
 BEST_DIR, BEST_FILE = "best_model", "best.json"
 
 
@@ -45,27 +47,21 @@ def evaluate_held_out(acc: Accelerator, model, held_out: HeldOut) -> dict[str, f
     """Global ``loss`` and metric averages of ``held_out`` (no gradients, eval mode), prefixed
     ``eval/``; ``eval/count`` is the global number of loss units."""
     mine = list(range(acc.process_index, len(held_out.items), acc.num_processes))
-    loss, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+    loss, count = torch.zeros((), device=acc.device), 0
     sums: dict[str, torch.Tensor] = {}
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for start in range(0, len(mine), held_out.batch_size):
-            batch = held_out.collate([held_out.items[i] for i in mine[start:start + held_out.batch_size]])
-            batch = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            part, n, metrics = held_out.step_fn(model, batch)
+            chunk = [held_out.items[i] for i in mine[start:start + held_out.batch_size]]
+            part, n, metrics = held_out.step_fn(model, to_device(held_out.collate(chunk), acc.device))
             loss += part.detach().float()
-            count += float(n)
+            count += int(n)
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float()
     model.train(was_training)
-    names = sorted(sums)
-    local = torch.stack([loss, count] + [torch.as_tensor(sums[n], device=acc.device).float()
-                                         for n in names])
-    total = acc.reduce(local, "sum")
-    n = max(float(total[1]), 1.0)
-    row = {"loss": float(total[0]) / n, "count": float(total[1])}
-    row.update({name: float(total[i + 2]) / n for i, name in enumerate(names)})
+    n_global = global_count(acc, count)
+    row = {**global_means(acc, loss, sums, n_global), "count": float(n_global)}
     if held_out.derive is not None:
         row.update(held_out.derive(row))
     return {f"eval/{k}": v for k, v in row.items()}

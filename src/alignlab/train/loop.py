@@ -30,6 +30,7 @@ from alignlab.progress import progress as progress_bar
 from alignlab.runs import RunFolder
 from alignlab.train.checkpoint import Progress, latest_checkpoint, save_checkpoint
 from alignlab.train.held_out import BestTracker, HeldOut, evaluate_held_out
+from alignlab.train.reduce import global_count, global_means, to_device
 from alignlab.train.sampler import StepSampler
 from alignlab.train.schedule import make_scheduler
 
@@ -84,7 +85,7 @@ def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[
     tracker = _best_tracker(run, settings, held_out)
     with progress_bar(total - start, "training") as bar:
         for step in range(start, total):
-            batches = [_to_device(collate_fn([dataset[i] for i in idx]), acc.device)
+            batches = [to_device(collate_fn([dataset[i] for i in idx]), acc.device)
                        for idx in sampler.micro_batches(step, acc.process_index)]
             row = _optimiser_step(acc, model, optimizer, batches, step_fn, count_fn, settings)
             row["lr"] = scheduler.get_last_lr()[0]
@@ -188,7 +189,7 @@ def accumulate_gradients(acc: Accelerator, model, batches: list[dict], step_fn: 
     synchronisation runs only on the last micro-batch (``no_sync`` before it).
     """
     counts = [int(count_fn(b)) for b in batches]
-    n_global = int(acc.reduce(torch.tensor(float(sum(counts)), device=acc.device), "sum").item())
+    n_global = global_count(acc, sum(counts))
     scale = acc.num_processes / max(n_global, 1)
     model.train()
     loss_sum = torch.zeros((), device=acc.device)
@@ -215,13 +216,8 @@ def _clip(acc: Accelerator, model, max_norm: float | None) -> float:
 def _aggregate(acc: Accelerator, loss_sum: torch.Tensor, metric_sums: dict[str, torch.Tensor],
                n_global: int, grad_norm: float) -> dict[str, float]:
     """All-reduce the loss and metric sums and divide by the global count."""
-    names = sorted(metric_sums)
-    local = torch.stack([loss_sum] + [torch.as_tensor(metric_sums[n], device=acc.device).float()
-                                      for n in names])
-    total = acc.reduce(local, "sum") / max(n_global, 1)
-    row = {"loss": float(total[0]), "count": n_global, "grad_norm": grad_norm}
-    row.update({name: float(total[i + 1]) for i, name in enumerate(names)})
-    return row
+    means = global_means(acc, loss_sum, metric_sums, n_global)
+    return {"loss": means.pop("loss"), "count": n_global, "grad_norm": grad_norm, **means}
 
 
 def _log_row(acc: Accelerator, run: RunFolder, row: dict, step: int, total: int) -> dict:
@@ -230,8 +226,3 @@ def _log_row(acc: Accelerator, run: RunFolder, row: dict, step: int, total: int)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "count")
         run.log(f"step {step}/{total}: {shown}")
     return {"step": step, **row}
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    """Move the tensors of a collated batch to ``device`` (other values pass through)."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

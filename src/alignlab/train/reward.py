@@ -33,11 +33,11 @@ from alignlab.train.common import (
     save_final,
     sharded_map,
     start_stage,
-    to_device,
 )
 from alignlab.train.forward import RewardModule
 from alignlab.train.held_out import HeldOut
 from alignlab.train.loop import main_log, train_loop
+from alignlab.train.reduce import to_device
 
 
 class RMConfig(StageConfig):
