@@ -12,11 +12,11 @@ model, for two kinds of scorer:
 Reported (:func:`pair_metrics`), over pairs whose label is not a tie (label 0.5):
 
 - ``accuracy``: the share ranked as the label says (label > 0.5: chosen above rejected), a tied score
-  counting 1/2, with its standard error; ``score_ties`` counts the tied scores, ``label_ties`` the
+  counting 1/2 (:func:`alignlab.losses.common.pairwise_accuracy`), with its standard error; ``score_ties`` counts the tied scores, ``label_ties`` the
   pairs left out;
 - ``ece``: expected calibration error of P(chosen preferred) = sigma(r_c - r_r) against the label,
-  on both orientations of each pair (as the reward-model stage reports it), with the reliability
-  bins for a plot (:func:`reliability_plot`);
+  on both orientations of each pair, with the reliability bins for a plot — the reward-model stage's
+  own :func:`alignlab.losses.reward.calibration_error` and :func:`~alignlab.losses.reward.calibration_bins`;
 - accuracy by length: by quartile of the pair's mean response length (words), and split by whether
   the chosen response is longer, shorter or equally long, which exposes a length bias.
 """
@@ -30,36 +30,16 @@ from pathlib import Path
 import torch
 
 from alignlab.eval.stats import mean_se
-
-TIE = 1e-6
-
-
-def correctness(margin: float, label: float) -> float:
-    """1 when the margin's sign agrees with the label's side, 0 when it disagrees, 1/2 for a tie."""
-    if abs(margin) <= TIE:
-        return 0.5
-    return 1.0 if (margin > 0) == (label > 0.5) else 0.0
+from alignlab.losses.common import pairwise_accuracy
+from alignlab.losses.reward import calibration_bins, calibration_error
 
 
-def reliability_bins(probs: Sequence[float], labels: Sequence[float], bins: int = 10) -> list[dict]:
-    """Equal-width bins of predicted P(preferred) on both orientations: count, mean prediction,
-    mean label (the points of a reliability diagram)."""
-    p = [x for x in probs] + [1.0 - x for x in probs]
-    y = [x for x in labels] + [1.0 - x for x in labels]
-    out = []
-    for b in range(bins):
-        members = [i for i, x in enumerate(p) if min(int(x * bins), bins - 1) == b]
-        if members:
-            out.append({"bin": b, "count": len(members),
-                        "predicted": sum(p[i] for i in members) / len(members),
-                        "observed": sum(y[i] for i in members) / len(members)})
-    return out
-
-
-def expected_calibration_error(bins: list[dict]) -> float:
-    """ECE = sum_b (n_b / n) |mean prediction_b - mean label_b| over :func:`reliability_bins`."""
-    total = sum(b["count"] for b in bins)
-    return sum(b["count"] / total * abs(b["predicted"] - b["observed"]) for b in bins) if total else 0.0
+def both_orientations(probs: Sequence[float], labels: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, y) of every pair followed by (1 - p, 1 - y): P(A preferred over B) with A/B in random order,
+    as the reward-model stage measures calibration."""
+    p = torch.tensor(list(probs), dtype=torch.float64)
+    y = torch.tensor(list(labels), dtype=torch.float64)
+    return torch.cat([p, 1 - p]), torch.cat([y, 1 - y])
 
 
 def quartile_edges(values: Sequence[float]) -> list[float]:
@@ -73,13 +53,15 @@ def pair_metrics(chosen: Sequence[float], rejected: Sequence[float], labels: Seq
     """Every number of the module docstring; see there."""
     keep = [i for i, y in enumerate(labels) if y != 0.5]
     margins = [chosen[i] - rejected[i] for i in keep]
-    right = [correctness(m, labels[i]) for m, i in zip(margins, keep)]
-    probs = [1.0 / (1.0 + math.exp(-max(min(m, 700.0), -700.0))) for m in margins]
-    bins = reliability_bins(probs, [labels[i] for i in keep])
+    kept_labels = torch.tensor([labels[i] for i in keep], dtype=torch.float64)
+    margin_t = torch.tensor(margins, dtype=torch.float64)
+    right = pairwise_accuracy(margin_t, kept_labels).tolist()
+    probs, oriented_labels = both_orientations(torch.sigmoid(margin_t).tolist(), kept_labels.tolist())
     mean_len = [(chosen_words[i] + rejected_words[i]) / 2 for i in keep]
     out = {"accuracy": mean_se(right).to_dict(), "pairs": len(keep),
-           "label_ties": len(labels) - len(keep), "score_ties": sum(r == 0.5 for r in right),
-           "ece": expected_calibration_error(bins), "reliability": bins,
+           "label_ties": len(labels) - len(keep), "score_ties": sum(m == 0 for m in margins),
+           "ece": calibration_error(probs, oriented_labels),
+           "reliability": calibration_bins(probs, oriented_labels),
            "margin": mean_se(margins).to_dict()}
     if keep:
         edges = quartile_edges(mean_len)

@@ -40,23 +40,30 @@ def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
     return losses, metrics
 
 
+def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> list[dict]:
+    """The non-empty equal-width bins of predicted P(chosen preferred) on [0, 1]: ``bin``, ``count``,
+    mean prediction ``predicted`` and mean label ``observed`` (the points of a reliability diagram)."""
+    probs = probs.detach().double().flatten()
+    labels = labels.detach().double().flatten()
+    which = torch.clamp((probs * bins).long(), max=bins - 1)
+    out = []
+    for b in range(bins):
+        in_bin = which == b
+        if bool(in_bin.any()):
+            out.append({"bin": b, "count": int(in_bin.sum()), "predicted": float(probs[in_bin].mean()),
+                        "observed": float(labels[in_bin].mean())})
+    return out
+
+
 def calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 10) -> float:
     """Expected calibration error (Naeini et al. 2015; Guo et al. 2017) of predicted preferences.
 
     ``probs``: predicted P(chosen preferred) = sigma(r_c - r_r); ``labels``: observed preference,
     hard (0/1) or soft (the empirical preference frequency). Predictions go into ``bins`` equal-width
-    bins on [0, 1]; ECE = sum_b (n_b / n) * |mean(probs in b) - mean(labels in b)|. Returns 0.0 for
-    no pairs. A well-calibrated model's 70%-confident predictions are right 70% of the time.
+    bins on [0, 1] (:func:`calibration_bins`); ECE = sum_b (n_b / n) * |mean(probs in b) - mean(labels
+    in b)|. Returns 0.0 for no pairs. A well-calibrated model's 70%-confident predictions are right 70%
+    of the time.
     """
-    probs = probs.detach().double().flatten()
-    labels = labels.detach().double().flatten()
-    if probs.numel() == 0:
-        return 0.0
-    which = torch.clamp((probs * bins).long(), max=bins - 1)
-    total = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if bool(in_bin.any()):
-            gap = (probs[in_bin].mean() - labels[in_bin].mean()).abs()
-            total += float(gap) * int(in_bin.sum()) / probs.numel()
-    return total
+    n = probs.numel()
+    return sum(b["count"] / n * abs(b["predicted"] - b["observed"])
+               for b in calibration_bins(probs, labels, bins)) if n else 0.0
