@@ -76,11 +76,11 @@ STAGES: dict[str, Stage] = {}
 
 
 def register(name: str, config: str, runner: str, help: str, *, output: str = "folder",
-             command: tuple[str, ...] | None | str = "default", run_folder: bool = True) -> Stage:
-    """Add a stage; ``command`` defaults to ``(name,)``."""
+             command: tuple[str, ...] | None = (), run_folder: bool = True) -> Stage:
+    """Add a stage; ``command`` ``()`` (the default) means ``(name,)``, None no stage command."""
     if name in STAGES:
         raise ValueError(f"stage {name!r} is registered twice")
-    words = (name,) if command == "default" else command
+    words = (name,) if command == () else command
     STAGES[name] = Stage(name, config, runner, help, output, words, run_folder)
     return STAGES[name]
 
