@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from alignlab.config import DataSettings
 from alignlab.data.errors import BadRecordLog, DataSourceError, Location, RecordError
-from alignlab.data.readers import READERS, Item, PromptOnly, Reader, detect_format
+from alignlab.data.readers import READERS, Item, PromptOnly, detect_format
 from alignlab.data.records import (
     KIND_OF,
     BinaryFeedback,
@@ -44,6 +44,9 @@ from alignlab.data.records import (
 from alignlab.data.sources import RawRow, iter_rows
 
 KINDS = ("conversation", "pair", "binary", "ranked")
+
+AnyReader = Callable[[dict[str, Any], Location, Counter], list[Any]]
+Detector = Callable[[dict[str, Any], str], str]
 
 
 @dataclass
@@ -119,24 +122,34 @@ def convert(item: Item, kind: str, where: Location, notes: Counter) -> list[Reco
 # ----------------------------------------------------------------------------- reading
 
 
-def open_rows(settings: DataSettings) -> tuple[str, Reader, Iterator[RawRow]]:
-    """The format name, its reader and the row iterator (auto-detected from the first good row)."""
+def open_rows(settings: DataSettings, readers: Mapping[str, AnyReader] = READERS,
+              detect: Detector = detect_format) -> tuple[str, AnyReader, Iterator[RawRow]]:
+    """The format name, its reader and the row iterator (auto-detected from the first good row).
+
+    ``readers`` maps format names to readers and ``detect`` picks one from a row (default: the
+    record formats of :mod:`alignlab.data.readers`; :mod:`alignlab.data.step_readers` passes its
+    own)."""
     rows = iter_rows(settings.path, settings.split)
     if settings.format != "auto":
-        return settings.format, READERS[settings.format], rows
+        if settings.format not in readers:
+            raise DataSourceError(settings.path, f"unknown format {settings.format!r}; expected "
+                                                 f"one of {sorted(readers)}")
+        return settings.format, readers[settings.format], rows
     held: list[RawRow] = []
     for raw in rows:
         held.append(raw)
         if raw.data is not None:
-            fmt = detect_format(raw.data, raw.where.source)
-            return fmt, READERS[fmt], itertools.chain(held, rows)
+            fmt = detect(raw.data, raw.where.source)
+            return fmt, readers[fmt], itertools.chain(held, rows)
     raise DataSourceError(settings.path, "no readable rows, so the format cannot be detected")
 
 
-def read_items(settings: DataSettings, to_records: Callable[[Item, Location, Counter], list[Any]],
+def read_items(settings: DataSettings, to_records: Callable[[Any, Location, Counter], list[Any]],
+               readers: Mapping[str, AnyReader] = READERS, detect: Detector = detect_format,
                ) -> LoadedData:
-    """Read every row, map it with ``to_records``, apply ``on_bad_record``, ``offset`` and ``limit``."""
-    fmt, reader, rows = open_rows(settings)
+    """Read every row, map it with ``to_records``, apply ``on_bad_record``, ``offset`` and ``limit``
+    (``readers`` and ``detect`` as in :func:`open_rows`)."""
+    fmt, reader, rows = open_rows(settings, readers, detect)
     out = LoadedData([], BadRecordLog(), settings.path, fmt)
     notes: Counter = Counter()
     for raw in rows:
@@ -163,7 +176,7 @@ def read_items(settings: DataSettings, to_records: Callable[[Item, Location, Cou
     return out
 
 
-def _read_row(raw: RawRow, reader: Reader, to_records: Callable, notes: Counter) -> list[Any]:
+def _read_row(raw: RawRow, reader: AnyReader, to_records: Callable, notes: Counter) -> list[Any]:
     if raw.error is not None:
         raise raw.error
     items = reader(raw.data, raw.where, notes)

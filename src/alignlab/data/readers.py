@@ -479,17 +479,24 @@ FORMAT_RULES: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
 
 def detect_format(row: dict[str, Any], source: str) -> str:
     """The format whose rule in ``FORMAT_RULES`` matches the row's keys; 0 or 2+ matches → error."""
-    matches = [name for name, _, rule in FORMAT_RULES if rule(row)]
+    return match_format_rules(row, source, FORMAT_RULES, "data format", "data.format")
+
+
+def match_format_rules(row: dict[str, Any], source: str, rules: tuple, what: str,
+                       setting: str) -> str:
+    """The one ``(name, description, rule)`` of ``rules`` whose rule accepts ``row``; none or
+    several is a DataSourceError telling the user to set ``setting``."""
+    matches = [name for name, _, rule in rules if rule(row)]
     if len(matches) == 1:
         return matches[0]
     keys = sorted(row)
-    names = ", ".join(name for name, _, _ in FORMAT_RULES)
+    names = ", ".join(name for name, _, _ in rules)
     if not matches:
-        rules = "; ".join(f"{name}: {text}" for name, text, _ in FORMAT_RULES)
-        raise DataSourceError(source, f"cannot detect the data format from the keys {keys} ({rules}); "
-                                      f"set data.format to one of {names}")
+        described = "; ".join(f"{name}: {text}" for name, text, _ in rules)
+        raise DataSourceError(source, f"cannot detect the {what} from the keys {keys} "
+                                      f"({described}); set {setting} to one of {names}")
     raise DataSourceError(source, f"the keys {keys} fit several formats ({', '.join(matches)}); "
-                                  "set data.format to the one you mean")
+                                  f"set {setting} to the one you mean")
 
 
 READERS: dict[str, Reader] = {

@@ -40,6 +40,7 @@ from alignlab.gym.annotators import (
 )
 from alignlab.gym.gold import gold_table_markdown, is_harmless, is_helpful, score
 from alignlab.gym.prompts import make_prompt_pools
+from alignlab.gym.reasoning import write_reasoning_data
 from alignlab.gym.tokenizer import render_messages
 from alignlab.gym.world import World, generate_world
 
@@ -177,9 +178,11 @@ def build_gym(out: str | Path, seed: int = 0, pretrain_seconds: float = 75.0,
     world = generate_world(seed)
     data = make_data(world, seed, length_bias)
     write_data(out, data)
+    reasoning = write_reasoning_data(out / "data" / "reasoning", seed)
     log(f"gym data written to {out / 'data'} ({time.time() - start:.1f}s)")
     model_meta = build_base_model(out, world, data, seed, pretrain_seconds, max_steps, log)
     info = world_info(world, data, model_meta, seed, length_bias)
+    info["reasoning"] = {"counts": reasoning["counts"], "train": reasoning["train"]}
     info["build_seconds"] = round(time.time() - start, 1)
     (out / "world.json").write_text(json.dumps(info, indent=2))
     (out / "README.md").write_text(readme_text(info))
@@ -214,4 +217,6 @@ def readme_text(info: dict[str, Any]) -> str:
         f"(final loss {bm['pretrain']['final_loss']}).",
         f"Samples at temperature 1 on {check['n']} eval prompts: on-grammar "
         f"{check['on_grammar_rate']}, mean gold {check['mean_gold']}, styles {check['styles']}.", "",
-        "## Files", "", "\n".join(f"- data/{k}: {v} records" for k, v in info["sizes"].items()), ""])
+        "## Files", "", "\n".join(f"- data/{k}: {v} records" for k, v in info["sizes"].items()),
+        "- data/reasoning/: the reasoning world (step-labelled arithmetic solutions, SFT data, "
+        "prompts with gold answers; see reasoning.json)", ""])
