@@ -192,10 +192,15 @@ class ScorerSettings(StrictModel):
     and scored by the probability it gives to ``yes`` over ``no``; Yuan et al. 2024, "Self-Rewarding
     Language Models", as a pointwise judge) or ``judge`` (direct RLAIF, Lee et al. 2024: the feedback
     model ``judge`` answers the ``constitution``'s rating question and the score is the expected
-    rating under its option probabilities, scaled to [0, 1]).
+    rating under its option probabilities, scaled to [0, 1]), ``verifier`` (``path``: an ORM or PRM
+    folder from ``alignlab orm`` / ``prm``; one score per completion) or ``prm`` (``path``: a PRM
+    folder; dense rewards, each step's P(right) at its last token — for ppo and reinforce_pp; the
+    sequence-level algorithms get the sum). ``step_reward`` (``prm``): ``prob`` pays P(right) per
+    step (Math-Shepherd); ``log_prob`` pays log P(right), whose sum is the log of the PRM's product
+    score, so an extra step never earns more.
     """
 
-    kind: Literal["reward_model", "gym_gold", "function", "self_judge", "judge"]
+    kind: Literal["reward_model", "gym_gold", "function", "self_judge", "judge", "verifier", "prm"]
     weight: float = 1.0
     name: str | None = None
     path: str | None = None
@@ -204,12 +209,13 @@ class ScorerSettings(StrictModel):
     template: str | None = None
     judge: JudgeSettings | None = None
     constitution: str = "default"
+    step_reward: Literal["prob", "log_prob"] = "prob"
     batch_size: int = Field(32, ge=1)
 
     @model_validator(mode="after")
     def _check_source(self) -> "ScorerSettings":
         needed = {"reward_model": "path", "gym_gold": "gym", "function": "function",
-                  "judge": "judge"}.get(self.kind)
+                  "judge": "judge", "verifier": "path", "prm": "path"}.get(self.kind)
         if needed and getattr(self, needed) is None:
             raise ValueError(f"reward kind {self.kind!r} needs {needed!r}")
         if self.kind == "function" and ":" not in (self.function or ""):

@@ -99,6 +99,12 @@ register("sft", "alignlab.train.sft:SFTConfig", "alignlab.train.sft:run_sft",
          "Supervised fine-tuning (prompt-masked NLL).", output="model")
 register("rm", "alignlab.train.reward:RMConfig", "alignlab.train.reward:run_rm",
          "Train a Bradley–Terry reward model on preference pairs.", output="model")
+register("orm", "alignlab.train.verifier:VerifierConfig", "alignlab.train.verifier:run_verifier",
+         "Outcome reward model: classify a solution's final-answer correctness (a verifier).",
+         output="model")
+register("prm", "alignlab.train.verifier:VerifierConfig", "alignlab.train.verifier:run_verifier",
+         "Process reward model: classify every step of a solution in one forward.",
+         output="model")
 register("dpo", "alignlab.train.preference:PreferenceConfig",
          "alignlab.train.preference:run_preference",
          "Offline preference optimisation (DPO by default; any objective via ``loss``).",
@@ -112,10 +118,16 @@ register("online", "alignlab.rl.trainer:OnlineConfig", "alignlab.rl.trainer:run_
          output="model")
 register("eval", "alignlab.eval.run:EvalConfig", "alignlab.eval.run:run_eval",
          "Generate on held-out prompts and report reward, rates, KL and win rate.")
+register("verify", "alignlab.eval.verify:VerifyConfig", "alignlab.eval.verify:run_verify",
+         "Best-of-N verification: accuracy vs N for majority vote, ORM/PRM picks, weighted vote.")
 register("report", "alignlab.eval.report:ReportConfig", "alignlab.eval.report:run_report",
          "Merge several evaluations into report.md / report.json / a plot.")
 register("label", "alignlab.feedback.labeling:LabelConfig", "alignlab.feedback.labeling:run_label",
          "AI preference labels from option probabilities, both orders (resumable).")
+register("step-labels", "alignlab.feedback.step_labels:StepLabelConfig",
+         "alignlab.feedback.step_labels:run_step_labels",
+         "Automatic process labels (Math-Shepherd): N rollouts from every step prefix, hard and "
+         "soft estimates.")
 register("revise", "alignlab.feedback.revise:ReviseConfig", "alignlab.feedback.revise:run_revise",
          "Critique -> revision with a constitution: SL-CAI SFT data and revision-over-initial pairs.",
          command=("cai", "revise"))

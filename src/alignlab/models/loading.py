@@ -239,8 +239,9 @@ def load_causal_lm(settings: ModelSettings, for_training: bool = True):
     return _set_mode(model, for_training), tokenizer
 
 
-def load_reward_model(settings: ModelSettings, for_training: bool = True):
-    """Load ``(model, tokenizer)`` as a sequence classifier with one output (the reward).
+def load_reward_model(settings: ModelSettings, for_training: bool = True, num_labels: int = 1):
+    """Load ``(model, tokenizer)`` as a sequence classifier with ``num_labels`` outputs (one: the
+    reward; a three-class process reward model has three).
 
     Loading a plain causal LM folder creates a new, randomly initialised score head (transformers
     logs which weights are new). ``config.pad_token_id`` is set so HF's own pooling finds the last
@@ -250,7 +251,7 @@ def load_reward_model(settings: ModelSettings, for_training: bool = True):
 
     source, extra = resolve_model_source(settings)
     tokenizer = load_tokenizer(source, settings, extra)
-    kwargs = {**_pretrained_kwargs(settings, extra), "num_labels": 1,
+    kwargs = {**_pretrained_kwargs(settings, extra), "num_labels": num_labels,
               "pad_token_id": tokenizer.pad_token_id}
     model = _from_pretrained(AutoModelForSequenceClassification, source, kwargs, "reward model")
     _sync_pad_id(model, tokenizer)

@@ -187,6 +187,16 @@ def reward_scores(rm_model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     return scores[:, 0].float()
 
 
+def position_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``[S, C]`` score-head outputs at S chosen ``(rows[s], positions[s])`` token positions, from ONE
+    forward over the batch (a process reward model scores every step of every solution at once;
+    an every-token outcome model reads every completion position)."""
+    hidden = final_hidden_states(model, input_ids, attention_mask)
+    picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]
+    return score_head(model)(picked).float()
+
+
 def token_log_softmax(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, T-1, V]`` float32 log-softmax of the next-token distribution at every position.

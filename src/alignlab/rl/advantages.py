@@ -130,15 +130,33 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return last_real_index(mask)
 
 
+def place_step_rewards(step_ends: list[list[int]], values: list[list[float]], mask: torch.Tensor
+                       ) -> torch.Tensor:
+    """Dense process rewards ``[B, T]``: ``values[b][s]`` at response token ``step_ends[b][s]`` (the
+    last token of step s; Wang et al. 2024, Math-Shepherd's step-by-step PPO rewards each step at
+    its end). Rewards landing on the same token add up; an index past the row's last real token is
+    moved to that token (a step cut by max_new_tokens is rewarded where the response ends)."""
+    _check_response_mask(mask)
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    last = last_token_index(mask).tolist()
+    for b, (ends, vals) in enumerate(zip(step_ends, values)):
+        if len(ends) != len(vals):
+            raise ValueError(f"row {b}: {len(ends)} step ends but {len(vals)} step rewards")
+        for t, v in zip(ends, vals):
+            out[b, min(int(t), last[b])] += float(v)
+    return out
+
+
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-                  clip: float | None = None) -> torch.Tensor:
+                  clip: float | None = None, dense: torch.Tensor | None = None) -> torch.Tensor:
     """InstructGPT-style per-token reward (Ziegler et al. 2019 sec. 2.2; Ouyang et al. 2022 eq. 2):
 
         R[b, t] = -kl_coef * kl[b, t]                      for every real token t
         R[b, L_b - 1] += clip(scores[b], -clip, clip)       at the row's last real token
 
     ``kl`` is a per-token KL estimate (see ``alignlab.rl.kl.kl_estimate``); summed over a row this gives
-    score - kl_coef * KL(sequence), the paper's reward. ``clip=None`` leaves scores unclipped (the
+    score - kl_coef * KL(sequence), the paper's reward. ``dense`` (``[B, T]``, e.g. process rewards
+    from :func:`place_step_rewards`) is added as it is, unclipped. ``clip=None`` leaves scores unclipped (the
     paper has no clipping; score clipping is a common stabiliser, e.g. TRL/OpenRLHF reward clipping).
     Padding positions are 0. Returns ``[B, T]``.
     """
@@ -152,6 +170,8 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl
     rewards = torch.where(m > 0, -kl_coef * kl, torch.zeros_like(kl))
     rows = torch.arange(kl.shape[0], device=kl.device)
     rewards[rows, last_token_index(mask)] += scores.to(rewards.dtype)
+    if dense is not None:
+        rewards = rewards + torch.where(m > 0, dense.to(rewards.dtype), torch.zeros_like(rewards))
     return rewards
 
 
@@ -243,7 +263,7 @@ def grpo_advantages(scores: torch.Tensor, k: int, scale: str = "std", eps: float
 
 
 def reinforce_pp_advantages(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-                            gamma: float = 1.0) -> torch.Tensor:
+                            gamma: float = 1.0, dense: torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE++ advantage (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning
     Large Language Models"):
 
@@ -255,8 +275,9 @@ def reinforce_pp_advantages(scores: torch.Tensor, kl: torch.Tensor, mask: torch.
     method's point. Variance: the unbiased masked variance of ``masked_whiten``; OpenRLHF uses the
     population one, a relative difference of 1/(2n) in the scale for n tokens. No score clipping
     here (call ``token_rewards`` + ``discounted_returns`` + ``masked_whiten`` yourself for that).
+    ``dense``: per-token rewards added before the returns (process rewards).
     Returns ``[B, T]``, 0 on padding.
     """
-    rewards = token_rewards(scores, kl, mask, kl_coef)
+    rewards = token_rewards(scores, kl, mask, kl_coef, dense=dense)
     returns = discounted_returns(rewards, mask, gamma)
     return masked_whiten(returns, mask)

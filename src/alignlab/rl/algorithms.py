@@ -79,6 +79,12 @@ def token_kl(exp: Experience, rl: RLSettings) -> torch.Tensor:
     return kl_estimate(exp.old_logp, exp.ref_logp, rl.kl_estimator) * exp.mask
 
 
+def last_token_scores(exp: Experience) -> torch.Tensor:
+    """The part of each score paid at the last token: the score less its dense (per-step) part,
+    which ppo and reinforce_pp pay where each step ends instead."""
+    return exp.scores if exp.dense is None else exp.scores - exp.dense.sum(1)
+
+
 def _finish(exp: Experience, advantages: torch.Tensor, whiten: bool) -> dict[str, float]:
     if whiten and exp.mask.sum() > 1:
         advantages = adv.masked_whiten(advantages, exp.mask)
@@ -102,7 +108,7 @@ def prepare_ppo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float
     if exp.old_values is None:
         raise ValueError("ppo needs critic values in the experience")
     exp.kl = token_kl(exp, rl)
-    rewards = adv.token_rewards(exp.scores, exp.kl, exp.mask, beta)
+    rewards = adv.token_rewards(last_token_scores(exp), exp.kl, exp.mask, beta, dense=exp.dense)
     advantages, exp.returns = adv.gae(rewards, exp.old_values, exp.mask, rl.gamma, rl.lam)
     return _finish(exp, advantages, PPO.whiten(rl))
 
@@ -146,7 +152,8 @@ def prepare_reinforce_pp(exp: Experience, rl: RLSettings, beta: float) -> dict[s
     exp.kl = token_kl(exp, rl)
     if exp.mask.sum() < 2:
         raise ValueError("reinforce_pp whitens over the batch and needs at least 2 response tokens")
-    advantages = adv.reinforce_pp_advantages(exp.scores, exp.kl, exp.mask, beta, rl.gamma)
+    advantages = adv.reinforce_pp_advantages(last_token_scores(exp), exp.kl, exp.mask, beta,
+                                             rl.gamma, dense=exp.dense)
     return _finish(exp, advantages, False)
 
 
@@ -232,6 +239,10 @@ def check_config(cfg) -> None:
                          "model and cannot move; train without LoRA or set ref_sync_every: 0")
     if algo.name == "online_dpo":
         _check_pair_objective(cfg.loss)
+    if any(s.kind == "prm" for s in cfg.reward) and (cfg.rl.score_norm != "none"
+                                                     or cfg.rl.reward_clip is not None):
+        raise ValueError("reward kind 'prm' (dense step rewards) cannot be combined with "
+                         "rl.score_norm or rl.reward_clip, which act on whole-sequence scores")
 
 
 def _check_pair_objective(terms) -> None:

@@ -59,7 +59,9 @@ class Experience:
     ``[N, T]`` tensors: ``old_logp``, ``ref_logp`` (None without a reference), ``kl`` (per-token
     estimate of KL(policy || reference) at sampling time), ``old_values`` (critic, PPO only),
     ``advantages`` and ``returns`` (filled by the algorithm). ``scores`` [N] are the rewards the
-    algorithm trains on (after normalisation, clipping and penalties).
+    algorithm trains on (after normalisation, clipping and penalties); with a dense (process)
+    scorer they include the dense rewards' sum, and ``dense`` ``[N, T]`` holds those rewards per
+    token.
     """
 
     batch: dict[str, torch.Tensor]
@@ -72,6 +74,7 @@ class Experience:
     old_values: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    dense: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -108,6 +111,7 @@ def experience_from_rollout(rollout: Rollout, scores: torch.Tensor | None = None
     """Response-frame view of a rollout (``scores`` default to the rollout's raw scores)."""
     where = ResponseIndex.from_shifted_mask(rollout.mask)
     ref = None if rollout.ref_logp is None else where.take(rollout.ref_logp)
+    dense = None if rollout.dense is None else where.take(rollout.dense)
     return Experience(batch=rollout.batch, where=where, old_logp=where.take(rollout.old_logp),
                       ref_logp=ref, scores=rollout.scores if scores is None else scores,
-                      k=rollout.k)
+                      k=rollout.k, dense=dense)

@@ -24,6 +24,7 @@ import torch
 from alignlab.config import GenerationSettings
 from alignlab.data.collate import pad_encoded
 from alignlab.data.records import Messages
+from alignlab.data.step_tokenize import step_token_ends
 from alignlab.data.tokenize import Encoded, encode_prompt
 from alignlab.generation.base import Sample
 from alignlab.models.logprobs import token_logprobs
@@ -41,6 +42,7 @@ class Rollout:
     old_logp: torch.Tensor
     ref_logp: torch.Tensor | None
     k: int
+    dense: torch.Tensor | None = None
 
     @property
     def texts(self) -> list[str]:
@@ -100,6 +102,8 @@ def collect_rollout(policy, tokenizer, generator, prompts: Sequence[Messages],
     batch = {k: v.to(device) for k, v in pad_encoded(rows, tokenizer.pad_token_id).items()}
     with clock("score"):
         scores = torch.tensor(scorer.score(row_prompts, [s.text for s in flat]), dtype=torch.float32)
+        dense = dense_rewards(getattr(scorer, "last_dense", None), tokenizer, flat, rows,
+                              batch["input_ids"].shape[1] - 1)
     with clock("logprob"):
         old_logp = sequence_token_logprobs(policy, batch)
         ref_logp = None
@@ -108,7 +112,26 @@ def collect_rollout(policy, tokenizer, generator, prompts: Sequence[Messages],
         elif reference_is_adapter_base:
             ref_logp = sequence_token_logprobs(policy, batch, disable_adapter=True)
     return Rollout(row_prompts, flat, batch, scores.to(device), old_logp, ref_logp,
-                   settings.num_samples)
+                   settings.num_samples, None if dense is None else dense.to(device))
+
+
+def dense_rewards(weighted_parts, tokenizer, samples: Sequence[Sample], rows: Sequence[Encoded],
+                  width: int) -> torch.Tensor | None:
+    """``[N, L-1]`` (shifted frame) per-token rewards of the dense scorers: for each
+    ``(weight, [(char_ends, values)] per sample)`` part, ``weight * value`` at the sampled token
+    that completes each step (:func:`alignlab.data.step_tokenize.step_token_ends`). None when no
+    scorer is dense."""
+    if not weighted_parts:
+        return None
+    out = torch.zeros((len(samples), width), dtype=torch.float32)
+    for weight, per_sample in weighted_parts:
+        for b, ((ends, values), sample, row) in enumerate(zip(per_sample, samples, rows)):
+            head = len(row.input_ids) - sum(row.loss_mask)
+            last = len(row.input_ids) - 2
+            ids = list(sample.token_ids) or [0]
+            for t, value in zip(step_token_ends(tokenizer, ids, ends), values):
+                out[b, min(head - 1 + t, last)] += weight * float(value)
+    return out
 
 
 class Clock:

@@ -7,17 +7,22 @@ A scorer has ``name`` and ``score(prompts, completions) -> list[float]``. Implem
 - :class:`FunctionScorer`: any Python function of one (prompt, completion), e.g. a rule or the gym's
   gold reward (:func:`gym_gold_scorer`);
 - :class:`WeightedScorer`: a weighted sum of scorers (``r = sum_k w_k r_k``), reporting each part.
+- a trained ORM/PRM as one score per completion (``kind: verifier``,
+  :class:`alignlab.models.verifier.Verifier`), or a PRM's dense per-step rewards (``kind: prm``,
+  :class:`ProcessRewardScorer`).
 
 The AI-judge scorer of the RLAIF issue plugs in here with the same method.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from alignlab.data.records import Messages
-from alignlab.scoring import Scorer, check_lengths
+from alignlab.data.step_tokenize import step_char_ends
+from alignlab.scoring import Scorer, check_lengths, import_function
 
 
 @dataclass
@@ -39,12 +44,42 @@ def gym_gold_scorer(gym) -> FunctionScorer:
 
 
 @dataclass
+class ProcessRewardScorer:
+    """Dense per-step rewards from a process reward model (Wang et al. 2024, Math-Shepherd,
+    "step-by-step PPO"; Lightman et al. 2023's PRM): each step of a completion earns the PRM's
+    P(step is right) (``step_reward="prob"``) or its log (``"log_prob"``: the rewards sum to the
+    log of the PRM's product score), placed at the step's last token by the rollout (``last_dense`` keeps, per
+    completion, the character end of each scored step and its reward). ``score`` is the sum of a
+    completion's step rewards: what the sequence earns in total, and what sequence-level algorithms
+    (RLOO, GRPO, online DPO) train on."""
+
+    verifier: object
+    name: str = "prm"
+    step_reward: str = "prob"
+    last_dense: list[tuple[list[int], list[float]]] = field(default_factory=list)
+
+    def score(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]:
+        check_lengths(prompts, completions, self.name)
+        spec = self.verifier.spec
+        steps = self.verifier.step_scores(prompts, completions)
+        self.last_dense = []
+        for text, values in zip(completions, steps):
+            ends = step_char_ends(text, spec.separator, spec.tag) or [len(text)]
+            kept = min(len(ends), len(values))
+            rewards = [math.log(max(v, 1e-6)) if self.step_reward == "log_prob" else v
+                       for v in values[:kept]]
+            self.last_dense.append((ends[:kept], rewards))
+        return [math.fsum(values) for _, values in self.last_dense]
+
+
+@dataclass
 class WeightedScorer:
     """``sum_k weight_k * scorer_k``; ``last_parts`` keeps each scorer's raw scores for logging."""
 
     parts: list[tuple[float, Scorer]]
     name: str = "weighted"
     last_parts: dict[str, list[float]] = field(default_factory=dict)
+    last_dense: list[tuple[float, list]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.parts:
@@ -56,10 +91,12 @@ class WeightedScorer:
     def score(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]:
         check_lengths(prompts, completions, self.name)
         total = [0.0] * len(completions)
-        self.last_parts = {}
+        self.last_parts, self.last_dense = {}, []
         for weight, scorer in self.parts:
             values = scorer.score(prompts, completions)
             self.last_parts[scorer.name] = values
+            if hasattr(scorer, "last_dense"):
+                self.last_dense.append((weight, scorer.last_dense))
             total = [t + weight * v for t, v in zip(total, values)]
         return total
 
@@ -130,21 +167,6 @@ def _prompt_text(prompt: Messages) -> str:
 # ----------------------------------------------------------------------------- from config
 
 
-def import_function(spec: str) -> Callable:
-    """``"package.module:callable"`` -> the callable (a clear error when either is missing)."""
-    import importlib
-
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"reward function {spec!r}: cannot import {module_name!r}: {exc}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"reward function {spec!r}: {module_name} has no callable {attr!r}")
-    return fn
-
-
 def build_one_scorer(settings, policy=None, tokenizer=None, device=None):
     """One scorer from a ``ScorerSettings`` (see :class:`alignlab.config.ScorerSettings`)."""
     name = settings.name or settings.kind
@@ -161,6 +183,13 @@ def build_one_scorer(settings, policy=None, tokenizer=None, device=None):
             raise ValueError("reward kind 'self_judge' needs the policy model")
         extra = {"template": settings.template} if settings.template else {}
         return SelfJudgeScorer(policy, tokenizer, batch_size=settings.batch_size, name=name, **extra)
+    if settings.kind in ("prm", "verifier"):
+        from alignlab.models.verifier import load_verifier
+
+        verifier = load_verifier(settings.path, settings.batch_size, device, name)
+        if settings.kind == "prm":
+            return ProcessRewardScorer(verifier, name, settings.step_reward)
+        return verifier
     if settings.kind == "judge":
         from alignlab.feedback.direct import judge_scorer
 
