@@ -78,3 +78,17 @@ def test_rollout_places_prm_rewards_on_each_steps_last_token():
     from alignlab.rl.algorithms import last_token_scores
 
     assert last_token_scores(exp).tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+
+
+def test_prm_rewards_refuse_sequence_level_score_shaping():
+    from alignlab.config import ConfigError
+    from alignlab.stages import build_stage_config
+
+    raw = {"stage": "online", "algorithm": "ppo", "out": "x", "model": {"path": "m"},
+           "prompts": {"path": "p.jsonl"}, "reward": [{"kind": "prm", "path": "prm"}]}
+    build_stage_config(raw, "test")  # fine on its own
+    for rl in ({"score_norm": "batch"}, {"reward_clip": 1.0}):
+        with pytest.raises(ConfigError, match="dense step rewards"):
+            build_stage_config({**raw, "rl": rl}, "test")
+    with pytest.raises(ConfigError, match="needs 'path'"):
+        build_stage_config({**raw, "reward": [{"kind": "prm"}]}, "test")

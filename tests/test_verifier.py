@@ -284,3 +284,25 @@ def test_verify_samples_from_a_policy_and_resumes(tiny_model, tmp_path):  # noqa
     again = samples.read_text().splitlines()
     assert again[0] == first[0] and len(again) == 3
     assert "for 2 of 3 problems (1 already done)" in (path / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_three_class_prm_on_ternary_labels(tiny_model, tmp_path):  # noqa: F811
+    from alignlab.models.verifier import load_verifier
+    from alignlab.train.verifier import run_verifier
+
+    rows = _step_rows(60, seed=2)
+    for row in rows:  # ternary: wrong -> -1, right -> +1, and every third step neutral
+        row["labels"] = [0 if i % 3 == 2 else (1 if y else -1) for i, y in enumerate(row["labels"])]
+        row["label_type"] = "ternary"
+    cfg = _verifier_config(tiny_model, tmp_path, "prm", rows, target="three_class")
+    cfg.train.max_steps = 10
+    folder, _ = _run(run_verifier, cfg)
+    verifier = load_verifier(folder)
+    assert verifier.model.config.num_labels == 3 and verifier.spec.target == "three_class"
+    prompt = (Message("user", "q1"),)
+    strict = verifier.step_scores([prompt], ["a1x\nb0y"])[0]
+    lenient = load_verifier(folder)
+    lenient.spec = type(lenient.spec)(**{**lenient.spec.__dict__, "neutral_as_positive": True})
+    loose = lenient.step_scores([prompt], ["a1x\nb0y"])[0]
+    assert all(0 < s < 1 for s in strict) and all(b > a for a, b in zip(strict, loose))

@@ -41,14 +41,19 @@ def main() -> None:
     parser.add_argument("--out", default="runs/verification")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--train-problems", type=int, default=None,
+                        help="write a training set of this many problems x 4 solutions instead of "
+                             "using the gym's (600); the held-out test problems stay the same")
+    parser.add_argument("--tag", default="gym", help="prefix of the files in results/")
     args = parser.parse_args()
     gym, out = Path(args.gym), Path(args.out)
     data = gym / "data" / "reasoning"
-    if not (data / "train_steps.jsonl").is_file():
+    if args.train_problems or not (data / "train_steps.jsonl").is_file():
         from alignlab.gym.reasoning import write_reasoning_data
 
         data = out / "data"
-        write_reasoning_data(data, seed=0)
+        write_reasoning_data(data, seed=0, **({"n_train": args.train_problems}
+                                              if args.train_problems else {}))
     timings = {}
     for kind in ("orm", "prm"):
         cfg = build_stage_config(train_config(kind, gym, data, out, args.steps, args.lr), kind)
@@ -68,12 +73,14 @@ def main() -> None:
     timings["verify"] = round(time.time() - start, 1)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    shutil.copy(out / "verify" / "accuracy_vs_n.png", results / "gym_accuracy_vs_n.png")
-    shutil.copy(out / "verify" / "curve.json", results / "gym_curve.json")
+    shutil.copy(out / "verify" / "accuracy_vs_n.png", results / f"{args.tag}_accuracy_vs_n.png")
+    shutil.copy(out / "verify" / "curve.json", results / f"{args.tag}_curve.json")
+    shutil.copy(out / "verify" / "verify.md", results / f"{args.tag}_verify.md")
     evals = {kind: json.loads((out / kind / "eval.json").read_text()) for kind in ("orm", "prm")}
-    (results / "gym_run.json").write_text(json.dumps(
+    (results / f"{args.tag}_run.json").write_text(json.dumps(
         {"timings_s": timings, "held_out_eval": evals, "steps": args.steps, "lr": args.lr,
-         "load_average": os.getloadavg()}, indent=2) + "\n")
+         "train_problems": args.train_problems or 600, "load_average": os.getloadavg()},
+        indent=2) + "\n")
     print(json.dumps(evals, indent=2))
     print((out / "verify" / "verify.md").read_text())
 

@@ -105,8 +105,8 @@ def encode_steps(tokenizer: Any, prompt: Messages, steps: Sequence[str], max_len
         raise ValueError("the chat template changed the completion text; cannot locate the steps")
     encoded = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
-    eos_id = getattr(tokenizer, "eos_token_id", None)
-    if eos_id is not None and (not ids or ids[-1] != eos_id):
+    eos, eos_id = getattr(tokenizer, "eos_token", None), getattr(tokenizer, "eos_token_id", None)
+    if eos_id is not None and eos and not rendered.rstrip().endswith(eos):  # as completion_ids
         ids.append(eos_id)
     positions = [covering_token(encoded["offset_mapping"], shift + end - 1) for end in ends]
     room = max_length - len(head)

@@ -58,6 +58,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from alignlab.config import GenerationSettings, ModelSettings, StageConfig
+from alignlab.data.errors import DataSourceError
 from alignlab.data.records import Message, Messages
 from alignlab.data.step_readers import StepDataSettings, load_step_solutions
 from alignlab.data.step_tokenize import join_steps
@@ -386,8 +387,8 @@ def load_solutions(cfg: StepLabelConfig, run: RunFolder) -> list[StepSolution]:
     solutions = list(loaded.records)[: cfg.num_solutions]
     for i, solution in enumerate(solutions):
         if solution.gold_answer is None:
-            raise ValueError(f"{loaded.source}: solution {i + 1} has no gold_answer; automatic "
-                             "step labels need the reference answer of every problem")
+            raise DataSourceError(loaded.source, f"solution {i + 1} has no gold_answer; automatic "
+                                  "step labels need the reference answer of every problem")
     run.log(f"{len(solutions)} solutions ({sum(len(s.steps) for s in solutions)} steps) from "
             f"{loaded.source} ({loaded.format}); notes: {loaded.notes}")
     return solutions
