@@ -4,7 +4,7 @@ Pure functions of a strong student's class logits ``[B, C]`` and a weak supervis
 ``[B, C]`` (rows summing to 1). Each returns per-example losses ``[B]``; the caller averages.
 
 - :func:`soft_label_ce`: the naive transfer, cross-entropy on the weak soft labels.
-- :func:`aux_confidence_loss`: the auxiliary confidence loss (Burns et al., sec. 4.3.2 and app. A.4):
+- :func:`aux_confidence_loss`: the auxiliary confidence loss (Burns et al. 2023):
   the target mixes the weak labels with the student's own *hardened* predictions,
   ``(1 - a) * weak + a * hard(student)``, so the student may disagree with the supervisor where it is
   confident. For two classes the hardening threshold is the quantile of the student's P(class 1) that
