@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from test_data_readers import DATA, shared
 
 from alignlab.config import DataSettings
 from alignlab.data.errors import DataSourceError, Location, RecordError
@@ -24,8 +25,6 @@ from alignlab.data.step_readers import (
 )
 from alignlab.data.steps import StepSolution, step_solution_to_dict
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
-shared = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data is absent")
 WHERE = Location("prm.jsonl", 1)
 
 

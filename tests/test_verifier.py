@@ -1,6 +1,7 @@
 """ORM / PRM: losses and aggregation against hand-derived numbers, step encoding, one forward per
 solution, and both stages end to end on a tiny model."""
 
+import dataclasses
 import json
 import math
 
@@ -303,6 +304,17 @@ def test_three_class_prm_on_ternary_labels(tiny_model, tmp_path):  # noqa: F811
     prompt = (Message("user", "q1"),)
     strict = verifier.step_scores([prompt], ["a1x\nb0y"])[0]
     lenient = load_verifier(folder)
-    lenient.spec = type(lenient.spec)(**{**lenient.spec.__dict__, "neutral_as_positive": True})
+    lenient.spec = dataclasses.replace(lenient.spec, neutral_as_positive=True)
     loose = lenient.step_scores([prompt], ["a1x\nb0y"])[0]
     assert all(0 < s < 1 for s in strict) and all(b > a for a, b in zip(strict, loose))
+
+
+def test_a_step_checker_that_splits_steps_differently_is_an_error():
+    from alignlab.data.steps import Problem
+    from alignlab.eval.verify import solution_from_text
+
+    problem = Problem((Message("user", "q"),), "3", "p")
+    solution = solution_from_text(problem, "a\n\nThe answer is 3.", lambda p, t: (True, True))
+    assert solution.labels == (1.0, 1.0) and solution.correct
+    with pytest.raises(ValueError, match="step_checker gave 3 labels for the 2 steps"):
+        solution_from_text(problem, "a\nThe answer is 3.", lambda p, t: (True, True, False))

@@ -46,7 +46,7 @@ def test_orm_and_verify_on_gsm8k_with_smollm2(tmp_path):
     spec = json.loads((folder / "verifier.json").read_text())
     assert spec["kind"] == "orm" and spec["max_length"] == 256
     metrics = json.loads((tmp_path / "orm" / "eval.json").read_text())
-    assert metrics["solutions"] == 8 and 0 <= metrics["solution_accuracy"] <= 1
+    assert metrics["solutions"] == 8
     verify = build_stage_config({
         "stage": "verify", "out": str(tmp_path / "verify"), "data": {**data, "offset": 16,
                                                                       "limit": 8},

@@ -22,7 +22,7 @@ from typing import Any
 from alignlab.data.records import Messages
 from alignlab.data.tokenize import (
     _prompt_budget,
-    encode_prompt,
+    prompt_ids,
     render_completion,
     render_prompt,
     truncate_prompt,
@@ -53,27 +53,32 @@ def join_steps(steps: Sequence[str], separator: str = "\n", tag: str | None = No
     return text, ends
 
 
-def split_steps(text: str, separator: str = "\n", tag: str | None = None) -> list[str]:
-    """The steps of a generated completion: split at ``separator`` (blank pieces dropped), the tag
-    removed from each step's end. The inverse of :func:`join_steps` for non-blank steps."""
-    steps = []
+def step_spans(text: str, separator: str = "\n", tag: str | None = None
+               ) -> list[tuple[str, int]]:
+    """``(step, end)`` for each step of ``text``: the pieces between separators, stripped, with the
+    tag removed from their end; blank pieces are not steps. ``end`` is the character offset just
+    past the piece's last non-blank character (its tag included): where the step's score or reward
+    belongs."""
+    spans, start = [], 0
+    mark = tag.strip() if tag else ""
     for piece in text.split(separator):
-        if tag and piece.rstrip().endswith(tag.strip()):
-            piece = piece.rstrip()[: -len(tag.strip())]
-        if piece.strip():
-            steps.append(piece.strip())
-    return steps
+        body = piece.rstrip()
+        step = body[: -len(mark)] if mark and body.endswith(mark) else body
+        if step.strip():
+            spans.append((step.strip(), start + len(body)))
+        start += len(piece) + len(separator)
+    return spans
+
+
+def split_steps(text: str, separator: str = "\n", tag: str | None = None) -> list[str]:
+    """The steps of a generated completion (:func:`step_spans`); the inverse of
+    :func:`join_steps` for non-blank steps."""
+    return [step for step, _ in step_spans(text, separator, tag)]
 
 
 def step_char_ends(text: str, separator: str = "\n", tag: str | None = None) -> list[int]:
-    """The character offset just past each step of ``text`` as :func:`split_steps` finds them
-    (trailing whitespace of a piece excluded): where a step's reward or score belongs."""
-    ends, start = [], 0
-    for piece in text.split(separator):
-        if piece.strip() and split_steps(piece, separator, tag):
-            ends.append(start + len(piece.rstrip()))
-        start += len(piece) + len(separator)
-    return ends
+    """The character offset just past each step of ``text`` (:func:`step_spans`)."""
+    return [end for _, end in step_spans(text, separator, tag)]
 
 
 def covering_token(offsets: Sequence[tuple[int, int]], char: int) -> int:
@@ -95,8 +100,8 @@ def encode_steps(tokenizer: Any, prompt: Messages, steps: Sequence[str], max_len
     ``max_prompt_length`` tokens; the completion is cut on the right to fit ``max_length`` and steps
     whose scoring token is cut are counted in ``dropped``."""
     head_text = render_prompt(tokenizer, prompt)
-    head = encode_prompt(tokenizer, prompt, max_prompt_length)
-    head = truncate_prompt(head, _prompt_budget(max_length, max_prompt_length),
+    head = truncate_prompt(prompt_ids(tokenizer, head_text),
+                           _prompt_budget(max_length, max_prompt_length),
                            getattr(tokenizer, "bos_token_id", None))
     text, ends = join_steps(steps, separator, tag)
     rendered = render_completion(tokenizer, prompt, text, rendered_prompt=head_text)
@@ -119,11 +124,17 @@ def step_token_ends(tokenizer: Any, token_ids: Sequence[int], step_char_ends: Se
     """For text generated as ``token_ids``: the index of the token that completes each character
     offset in ``step_char_ends`` (the first token whose decoded prefix reaches it). Offsets past the
     decoded text map to the last token. Used to place per-step rewards on sampled tokens."""
-    out, j = [], 0
-    lengths = [len(tokenizer.decode(list(token_ids[: k + 1]), skip_special_tokens=True))
-               for k in range(len(token_ids))]
-    for end in step_char_ends:
-        while j < len(lengths) - 1 and lengths[j] < end:
+    out, lengths, j = [], [], 0
+    for end in step_char_ends:  # decode prefixes only as far as the steps need
+        while j < len(token_ids) - 1 and _prefix_length(tokenizer, token_ids, lengths, j) < end:
             j += 1
         out.append(j)
     return out
+
+
+def _prefix_length(tokenizer: Any, token_ids: Sequence[int], lengths: list[int], k: int) -> int:
+    """Length of the decoded ``token_ids[: k + 1]``, decoded once and kept in ``lengths``."""
+    while len(lengths) <= k:
+        lengths.append(len(tokenizer.decode(list(token_ids[: len(lengths) + 1]),
+                                            skip_special_tokens=True)))
+    return lengths[k]

@@ -113,7 +113,9 @@ def solution_from_text(problem: Problem, text: str, checker=None) -> StepSolutio
     answer = extract_answer(text)
     labels = tuple(float(bool(v)) for v in checker(problem.prompt, text)) if checker else ()
     if labels and len(labels) != len(steps):
-        labels = ()
+        raise ValueError(f"step_checker gave {len(labels)} labels for the {len(steps)} steps of a "
+                         f"solution to problem {problem.problem_id!r}; it must split steps as "
+                         "alignlab.data.step_tokenize.split_steps does")
     return StepSolution(problem.prompt, steps, labels, "binary", answer,
                         answers_match(answer, problem.gold_answer), problem.gold_answer,
                         problem.problem_id)
@@ -132,8 +134,9 @@ def sample_solutions(cfg: VerifyConfig, run: RunFolder) -> list[list[StepSolutio
     if todo:
         policy, tokenizer = load_causal_lm(cfg.policy, for_training=False)
         generator = make_generator("hf", policy, tokenizer)
-        for start in range(0, len(todo), max(1, cfg.batch_size // cfg.generation.num_samples)):
-            chunk = todo[start:start + max(1, cfg.batch_size // cfg.generation.num_samples)]
+        per_call = max(1, cfg.batch_size // cfg.generation.num_samples)
+        for start in range(0, len(todo), per_call):
+            chunk = todo[start:start + per_call]
             samples = generator.generate([problems[i].prompt for i in chunk], cfg.generation)
             job.append({"index": i, "texts": [s.text for s in group]}
                        for i, group in zip(chunk, samples))

@@ -50,6 +50,7 @@ from statistics import NormalDist
 from typing import Any
 
 from alignlab.data.records import Conversation, Message, Messages, record_to_dict
+from alignlab.data.step_tokenize import split_steps
 from alignlab.data.steps import StepSolution, answers_match, extract_answer, step_solution_to_dict
 
 OPS = ("+", "-", "*")
@@ -266,11 +267,6 @@ class StepCheck:
         return self.correct and self.first_error is None
 
 
-def split_steps(text: str) -> tuple[str, ...]:
-    """The steps of a solution text: its non-empty lines, stripped."""
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
-
-
 def parse_step(line: str) -> tuple[int, str, int, int] | None:
     """``(a, op, b, c)`` of a computation step ``"a op b = c"``, or None when it is not one."""
     m = _STEP_RE.fullmatch(line.strip())
@@ -323,7 +319,7 @@ def check_solution(problem: ReasoningProblem, text_or_steps: str | Sequence[str]
     text.
     """
     if isinstance(text_or_steps, str):
-        steps = split_steps(text_or_steps)
+        steps = tuple(split_steps(text_or_steps))
     else:
         steps = tuple(s.strip() for s in text_or_steps)
     valid = step_validity(problem, steps)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,7 @@ def load_verifier(path: str | Path, batch_size: int = 16, device=None, name: str
     saved one for a PRM)."""
     spec = VerifierSpec.read(path)
     if aggregation is not None:
-        spec = VerifierSpec(**{**asdict(spec), "aggregation": aggregation})
+        spec = replace(spec, aggregation=aggregation)
     model, tokenizer = load_reward_model(ModelSettings(path=str(path)), for_training=False,
                                          num_labels=num_labels_for(spec.target))
     if device is not None:

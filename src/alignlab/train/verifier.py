@@ -202,8 +202,7 @@ def run_verifier(cfg: VerifierConfig, run: RunFolder) -> Path:
                         partial(verifier_step, cfg.stage), count_positions, cfg.train, run, acc)
     trained = result.model.model
     if eval_records and acc.is_main_process:
-        eval_spec = VerifierSpec(**{**spec.__dict__, "every_token": False})
-        encoded = [encode_solution(tokenizer, eval_spec, r.prompt, r.steps) for r in eval_records]
+        encoded = [encode_solution(tokenizer, spec, r.prompt, r.steps) for r in eval_records]
         scores = score_encoded(trained.to(acc.device), encoded, tokenizer.pad_token_id,
                                cfg.train.batch_size, spec.neutral_as_positive)
         trained.train()
