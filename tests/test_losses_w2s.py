@@ -10,7 +10,9 @@ from alignlab.losses.w2s import (
     balanced_hardening,
     confidence_window_loss,
     linear_warmup,
+    product_loss,
     soft_label_ce,
+    transfer_loss,
 )
 
 
@@ -82,3 +84,31 @@ def test_confidence_window_loss_by_hand():
     # inside the window (|p - 0.5| < 0.15): examples 1 and 2 -> -ln 0.55, -ln 0.6
     losses = confidence_window_loss(logits, weak, radius=0.15)
     assert losses.tolist() == pytest.approx([0.0, -math.log(0.55), -math.log(0.6), 0.0], abs=1e-6)
+
+
+def test_product_loss_by_hand():
+    # weak (0.8, 0.2), student p = (0.25, 0.75): product (0.2, 0.15) -> target (4/7, 3/7);
+    # loss = -(4/7) ln 0.25 - (3/7) ln 0.75
+    logits = _binary_logits([0.75])
+    expected = -(4 / 7) * math.log(0.25) - (3 / 7) * math.log(0.75)
+    assert product_loss(logits, _weak([0.2])).item() == pytest.approx(expected)
+    # the target is detached: the gradient is softmax(logits) - target = (0.25 - 4/7, 0.75 - 3/7)
+    logits.requires_grad_(True)
+    product_loss(logits, _weak([0.2])).sum().backward()
+    assert logits.grad[0].tolist() == pytest.approx([0.25 - 4 / 7, 0.75 - 3 / 7])
+
+
+def test_product_loss_falls_back_to_weak_labels_when_the_product_vanishes():
+    # weak says class 1 for sure, the student class 0 for sure (p1 underflows to exactly 0)
+    logits = torch.tensor([[0.0, -200.0]])
+    loss = product_loss(logits, _weak([1.0]))
+    assert loss.item() == pytest.approx(200.0, rel=1e-4)  # CE to the weak label (class 1)
+
+
+def test_transfer_loss_dispatch_and_unknown_name():
+    logits, weak = _binary_logits([0.6, 0.3]), _weak([0.9, 0.1])
+    assert torch.allclose(transfer_loss("ce", logits, weak, 0.5), soft_label_ce(logits, weak))
+    assert torch.allclose(transfer_loss("aux_conf", logits, weak, 0.1, alpha=0.5, warmup_frac=0.2),
+                          aux_confidence_loss(logits, weak, 0.1, 0.5, 0.2))
+    with pytest.raises(ValueError, match="unknown transfer loss"):
+        transfer_loss("bogus", logits, weak, 0.0)

@@ -16,8 +16,16 @@ Pure functions of a strong student's class logits ``[B, C]`` and a weak supervis
 - :func:`confidence_window_loss`: cross-entropy on the weak labels only where the student is unsure,
   ``|P_student(class 1) - 1/2| < radius`` (binary); examples outside the window give 0. A variant
   from the open-source replications (EleutherAI w2s); not in the paper.
+- :func:`product_loss`: cross-entropy to the normalised product of the weak labels and the student's
+  own (detached) predictions, ``weak^alpha * p^beta / Z`` — a product of experts in which the
+  student keeps the classes it and the supervisor agree on. From the paper's reference code (openai
+  weak-to-strong, ``product_loss_fn``); the paper's text reports only the confidence loss. No
+  warm-up, as in that code. Departure: a class the weak labels give probability 0 gets 0 target
+  mass; where the product is 0 for every class (the supervisor and the student each certain of a
+  different class) we fall back to the weak labels instead of dividing by zero.
 
-The product loss of the replications is not here yet.
+Every loss takes ``step_frac`` (fraction of training done) through :func:`transfer_loss` so the
+training loop can call them alike; only the confidence loss uses it.
 """
 
 from __future__ import annotations
@@ -85,3 +93,36 @@ def confidence_window_loss(logits: torch.Tensor, weak: torch.Tensor,
     p1 = torch.softmax(logits.detach().float(), dim=-1)[:, 1]
     unsure = ((p1 - 0.5).abs() < radius).float()
     return soft_label_ce(logits, weak) * unsure
+
+
+def product_loss(logits: torch.Tensor, weak: torch.Tensor, alpha: float = 1.0,
+                 beta: float = 1.0) -> torch.Tensor:
+    """Cross-entropy to ``weak^alpha * softmax(logits)^beta`` normalised per row (module docstring);
+    the target carries no gradient."""
+    _check(logits, weak)
+    probs = torch.softmax(logits.detach().float(), dim=-1)
+    target = weak.float().pow(alpha) * probs.pow(beta)
+    total = target.sum(-1, keepdim=True)
+    target = torch.where(total > 0, target / total.clamp_min(1e-30), weak.float())
+    return soft_label_ce(logits, target)
+
+
+TRANSFER_LOSSES = ("ce", "aux_conf", "product", "window")
+
+
+def transfer_loss(name: str, logits: torch.Tensor, weak: torch.Tensor, step_frac: float,
+                  alpha: float = 0.75, warmup_frac: float = 0.2,
+                  radius: float = 0.15) -> torch.Tensor:
+    """Per-example loss ``[B]`` of the transfer loss ``name`` (one of :data:`TRANSFER_LOSSES`):
+    ``ce`` (:func:`soft_label_ce`), ``aux_conf`` (:func:`aux_confidence_loss` with ``alpha``,
+    ``warmup_frac``), ``product`` (:func:`product_loss`, alpha = beta = 1) or ``window``
+    (:func:`confidence_window_loss` with ``radius``). Gold training uses ``ce`` on one-hot labels."""
+    if name == "ce":
+        return soft_label_ce(logits, weak)
+    if name == "aux_conf":
+        return aux_confidence_loss(logits, weak, step_frac, alpha, warmup_frac)
+    if name == "product":
+        return product_loss(logits, weak)
+    if name == "window":
+        return confidence_window_loss(logits, weak, radius)
+    raise ValueError(f"unknown transfer loss {name!r}; choose one of {TRANSFER_LOSSES}")

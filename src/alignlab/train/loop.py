@@ -66,12 +66,14 @@ def main_log(accelerator: Accelerator, run: RunFolder, message: str) -> None:
 
 def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[list], dict],
                step_fn: StepFn, count_fn: CountFn, settings: TrainSettings, run: RunFolder,
-               accelerator: Accelerator | None = None, held_out: HeldOut | None = None) -> LoopResult:
+               accelerator: Accelerator | None = None, held_out: HeldOut | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> LoopResult:
     """Train ``model`` on ``dataset`` with AdamW; resume from the latest checkpoint in ``run``.
 
     ``accelerator``, when given, must be fresh (no model prepared yet): checkpoints hold every model
     an Accelerator has prepared. ``held_out`` is evaluated every ``settings.eval_every`` steps and
-    after the last step (:mod:`alignlab.train.held_out`).
+    after the last step (:mod:`alignlab.train.held_out`). ``on_step(step, total)`` is called before
+    each optimiser step (0-based ``step``, also after a resume), for losses scheduled over training.
     """
     acc = accelerator or make_accelerator()
     sampler = StepSampler(len(dataset), settings.batch_size, acc.num_processes,
@@ -85,6 +87,8 @@ def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[
     tracker = _best_tracker(run, settings, held_out)
     with progress_bar(total - start, "training") as bar:
         for step in range(start, total):
+            if on_step is not None:
+                on_step(step, total)
             batches = [to_device(collate_fn([dataset[i] for i in idx]), acc.device)
                        for idx in sampler.micro_batches(step, acc.process_index)]
             row = _optimiser_step(acc, model, optimizer, batches, step_fn, count_fn, settings)
