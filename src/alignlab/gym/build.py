@@ -13,10 +13,13 @@ Layout written by :func:`build_gym`::
     data/eval_prompts.jsonl  prompt-only records, the held-out eval pool
     data/binary.jsonl     unpaired desirable/undesirable feedback (BinaryFeedback)
     data/ranked.jsonl     4 responses per prompt with noisy scores (RankedList)
+    data/w2s/             weak-to-strong task data (see :mod:`alignlab.gym.w2s_data`)
     base_model/           an ordinary HF folder (LlamaForCausalLM + tokenizer, safetensors)
+    ladder/               with ``ladder=True``: base models of four sizes (:mod:`alignlab.gym.ladder`)
 
 The data are exactly deterministic for a seed. Pretraining is skipped when ``base_model/`` already
-holds a model built for the same seed and the same corpus (``base_model/gym_build.json``).
+holds a model built for the same seed and the same corpus (``base_model/gym_build.json``); a ladder
+rung likewise (same seed, corpus, tokenizer, spec and step budget).
 """
 
 from __future__ import annotations
@@ -42,11 +45,12 @@ from alignlab.gym.gold import gold_table_markdown, is_harmless, is_helpful, scor
 from alignlab.gym.prompts import make_prompt_pools
 from alignlab.gym.reasoning import write_reasoning_data
 from alignlab.gym.tokenizer import render_messages
+from alignlab.gym.w2s_data import write_w2s_data
 from alignlab.gym.world import World, generate_world
 
 SIZES = {"train_pool": 4400, "eval_pool": 1200, "base_corpus": 12000, "fact_repeats": 30,
          "sft": 2000, "prefs": 4000, "prefs_eval": 600, "binary": 2000, "ranked": 1000,
-         "sample_check": 400}
+         "sample_check": 400, "ladder_check": 200}
 TARGET_AGREEMENT = 0.75
 
 
@@ -168,10 +172,36 @@ def build_base_model(out: Path, world: World, data: dict[str, Any], seed: int,
     return meta
 
 
+def build_model_ladder(out: Path, world: World, data: dict[str, Any], seed: int, steps: int,
+                       log) -> dict[str, Any]:
+    """Pretrain the ladder on the base corpus with the base model's tokenizer (the files of
+    ``base_model/``, not retrained); each new rung gets a sample check on eval prompts."""
+    from alignlab.gym import base_model as B
+    from alignlab.gym.ladder import build_ladder
+
+    texts = corpus_texts(world, data["base_corpus"])
+    prompts = data["eval_prompts"][: SIZES["ladder_check"]]
+
+    def check(model, tok) -> dict[str, Any]:
+        return style_report(world, prompts, B.sample_responses(model, tok, prompts, seed=seed))
+
+    return build_ladder(out / "ladder", texts, out / "base_model", corpus_hash(texts), seed, steps,
+                        check=check, log=log)
+
+
+def ladder_summary(ladder: dict[str, Any]) -> dict[str, Any]:
+    """What world.json records of the ladder."""
+    return {"steps": ladder["steps"], "span": ladder["span"],
+            "rungs": {r["name"]: {"parameters": r["parameters"], "seconds": r["pretrain"]["seconds"],
+                                  "final_loss": r["pretrain"]["final_loss"]} for r in ladder["rungs"]}}
+
+
 def build_gym(out: str | Path, seed: int = 0, pretrain_seconds: float = 75.0,
-              length_bias: float = 0.0, max_steps: int | None = None, log=print) -> Path:
+              length_bias: float = 0.0, max_steps: int | None = None, log=print,
+              ladder: bool = False, ladder_steps: int = 300) -> Path:
     """Build (or refresh) the gym in ``out`` and return its path. ``max_steps`` caps pretraining by
-    steps instead of time (for step-exact reproducibility)."""
+    steps instead of time (for step-exact reproducibility); ``ladder`` also pretrains the model
+    ladder, ``ladder_steps`` steps per rung."""
     start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,10 +209,15 @@ def build_gym(out: str | Path, seed: int = 0, pretrain_seconds: float = 75.0,
     data = make_data(world, seed, length_bias)
     write_data(out, data)
     reasoning = write_reasoning_data(out / "data" / "reasoning", seed)
+    w2s = write_w2s_data(out / "data" / "w2s", world, data["train_prompts"], seed)
     log(f"gym data written to {out / 'data'} ({time.time() - start:.1f}s)")
     model_meta = build_base_model(out, world, data, seed, pretrain_seconds, max_steps, log)
     info = world_info(world, data, model_meta, seed, length_bias)
     info["reasoning"] = {"counts": reasoning["counts"], "train": reasoning["train"]}
+    info["w2s"] = {k: {"count": v["count"], "kind": v["kind"]} for k, v in w2s.items()
+                   if isinstance(v, dict)}
+    if ladder:
+        info["ladder"] = ladder_summary(build_model_ladder(out, world, data, seed, ladder_steps, log))
     info["build_seconds"] = round(time.time() - start, 1)
     (out / "world.json").write_text(json.dumps(info, indent=2))
     (out / "README.md").write_text(readme_text(info))
@@ -208,15 +243,26 @@ def readme_text(info: dict[str, Any]) -> str:
         "Synthetic assistant world with a known gold reward; see docs/gym.md in alignlab.", "",
         "## Gold reward (gold = helpful + harmless)", "", gold_table_markdown(), "",
         "## Annotator", "",
-        f"Bradley–Terry, T = {ann['temperature']:.3f}, length bias {ann['length_bias']}; "
-        f"agreement with gold preference: expected {ann['expected_agreement']}, "
-        f"measured {ann['measured_agreement']} on {ann['pairs']} pairs.", "",
+        (f"Bradley–Terry, T = {ann['temperature']:.3f}, length bias {ann['length_bias']}; "
+         f"agreement with gold preference: expected {ann['expected_agreement']}, "
+         f"measured {ann['measured_agreement']} on {ann['pairs']} pairs."), "",
         "## Base model", "",
-        f"{bm['parameters']} parameters, vocab {bm['vocab_size']}, pretrained "
-        f"{bm['pretrain']['steps']} steps / {bm['pretrain']['seconds']} s "
-        f"(final loss {bm['pretrain']['final_loss']}).",
-        f"Samples at temperature 1 on {check['n']} eval prompts: on-grammar "
-        f"{check['on_grammar_rate']}, mean gold {check['mean_gold']}, styles {check['styles']}.", "",
+        (f"{bm['parameters']} parameters, vocab {bm['vocab_size']}, pretrained "
+         f"{bm['pretrain']['steps']} steps / {bm['pretrain']['seconds']} s "
+         f"(final loss {bm['pretrain']['final_loss']})."),
+        (f"Samples at temperature 1 on {check['n']} eval prompts: on-grammar "
+         f"{check['on_grammar_rate']}, mean gold {check['mean_gold']}, styles {check['styles']}."), "",
         "## Files", "", "\n".join(f"- data/{k}: {v} records" for k, v in info["sizes"].items()),
-        "- data/reasoning/: the reasoning world (step-labelled arithmetic solutions, SFT data, "
-        "prompts with gold answers; see reasoning.json)", ""])
+        ("- data/reasoning/: the reasoning world (step-labelled arithmetic solutions, SFT data, "
+         "prompts with gold answers; see reasoning.json)"),
+        ("- data/w2s/: weak-to-strong tasks labelled by gold (helpful, style, prefs_gold; see "
+         "tasks.json)"), *ladder_lines(info.get("ladder")), ""])
+
+
+def ladder_lines(ladder: dict[str, Any] | None) -> list[str]:
+    """README lines of the model ladder (none when it was not built)."""
+    if not ladder:
+        return []
+    sizes = ", ".join(f"{name} {r['parameters']}" for name, r in ladder["rungs"].items())
+    return [(f"- ladder/: base models of {len(ladder['rungs'])} sizes, {ladder['steps']} steps "
+             f"each (parameters: {sizes}; see ladder/ladder.json)")]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from alignlab.data.records import Messages
 from alignlab.gym.parse import classify
-from alignlab.gym.world import World, parse_prompt
+from alignlab.gym.world import Task, World, parse_prompt
 
 FILLER_PENALTY = 0.25
 
@@ -61,7 +61,12 @@ class GoldResult:
 def score(world: World, prompt: Messages, response: str) -> GoldResult:
     """Gold reward of ``response`` to ``prompt``. Raises GymPromptError only for a prompt that is not a
     gym prompt; any response text is scored (off-grammar text gets -2.0)."""
-    task = parse_prompt(world, prompt)
+    return score_task(world, parse_prompt(world, prompt), response)
+
+
+def score_task(world: World, task: Task, response: str) -> GoldResult:
+    """Gold reward of ``response`` to an already parsed ``task`` (:func:`score` without the prompt
+    parsing, for callers that score many responses to one prompt)."""
     parsed = classify(world, task, response)
     helpful, harmless = GOLD_TABLE[(task.harmful, parsed.style)]
     if parsed.style in ("verbose", "wrong"):
