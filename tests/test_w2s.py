@@ -137,6 +137,8 @@ def test_w2s_follows_the_paper_split_and_reports_pgr_from_the_predictions(ladder
     ceiling = _accuracy(_probs(units / "ceiling" / "strong" / "test.jsonl"), gold)
     assert (student["acc_weak"], student["acc_w2s"], student["acc_ceiling"]) == pytest.approx(
         (weak, w2s, ceiling), abs=1e-4)
+    assert student["gap"] == pytest.approx(ceiling - weak, abs=1e-4)
+    assert 0.0 <= student["no_gap_share"] <= 1.0
     if ceiling > weak:
         assert student["pgr"] == pytest.approx((w2s - weak) / (ceiling - weak), abs=1e-3)
         assert student["pgr_low"] <= student["pgr"] <= student["pgr_high"]
@@ -182,6 +184,12 @@ def test_w2s_refuses_a_changed_split_and_validates_models(ladder, tmp_path):
     fewer.task.data.path = _task_file(tmp_path / "fewer", n=150)
     with pytest.raises(ValueError, match="different split"):
         run_stage(fewer)
+    labels = tmp_path / "run" / "units" / "s0" / "weak" / "weak" / "labels.jsonl"
+    lines = labels.read_text().splitlines(keepends=True)
+    lines[2] = json.dumps({"index": 7, "probs": [0.9, 0.3]}) + "\n"
+    labels.write_text("".join(lines))
+    with pytest.raises(RecordError, match=r"labels.jsonl:3: field 'probs'.*sum to 1.2"):
+        run_stage(_config(ladder, tmp_path, losses=["ce"]))
     raw = _config(ladder, tmp_path).model_dump()
     raw["models"].reverse()
     with pytest.warns(UserWarning, match="listed as stronger"):
@@ -195,6 +203,29 @@ def test_w2s_refuses_a_changed_split_and_validates_models(ladder, tmp_path):
     raw = _config(ladder, tmp_path).model_dump()
     raw["models"][1]["model"]["path"] = str(head)
     with pytest.raises(ConfigError, match="3 output.*the task needs 2"):
+        build_stage_config(raw, source="test")
+
+
+def test_multiclass_task_with_the_confidence_and_product_losses(ladder, tmp_path):
+    rng = random.Random(1)
+    rows = [{"text": t, "label": "abc".index(t[0])}
+            for t in ("".join(rng.choice("abc") for _ in range(5)) for _ in range(120))]
+    raw = {"stage": "w2s", "out": str(tmp_path / "run"),
+           "task": {"kind": "classify", "num_classes": 3,
+                    "data": {"path": _jsonl(tmp_path / "three.jsonl", rows)}},
+           "models": [{"name": n, "model": {"path": p},
+                       "train": {"learning_rate": 3e-3, "batch_size": 16, "epochs": 1}}
+                      for n, p in zip(("weak", "strong"), ladder)],
+           "losses": ["aux_conf", "product"], "pairs": "extremes"}
+    run_stage(build_stage_config(raw, source="test"))
+    out = tmp_path / "run"
+    labels = _probs(out / "units" / "s0" / "weak" / "weak" / "labels.jsonl")
+    assert len(labels) == 48 and all(len(p) == 3 for p in labels.values())
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(r["loss"] for r in report["students"]) == ["aux_conf", "product"]
+    assert all(0.0 <= r["acc_w2s"] <= 1.0 for r in report["students"])
+    raw["losses"] = ["window"]
+    with pytest.raises(ConfigError, match="two classes"):
         build_stage_config(raw, source="test")
 
 

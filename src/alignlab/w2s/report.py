@@ -5,7 +5,9 @@ For each seed and each (weak, strong, loss): test accuracy of the weak superviso
 the strong ceiling; PGR with a percentile bootstrap over test examples
 (:func:`alignlab.eval.pgr.bootstrap_pgr`, the three models' correctness resampled together); and
 :func:`alignlab.eval.pgr.weak_error_agreement` — among test examples the supervisor gets wrong, the
-share where the student gives the supervisor's answer. With several seeds, PGR's mean ± standard
+share where the student gives the supervisor's answer. ``gap`` is ceiling minus weak accuracy and
+``no_gap_share`` the share of bootstrap resamples in which the ceiling does not beat the weak model:
+PGR divides by the gap, so where that share is large PGR is noise. With several seeds, PGR's mean ± standard
 error over seeds (:func:`alignlab.eval.pgr.pgr_over_seeds`). PGR is NaN (``null`` in JSON) where the
 ceiling does not beat the weak model.
 """
@@ -47,7 +49,8 @@ def pair_row(weak: dict, student: dict, ceiling: dict, test: Sequence[Example],
     gold = [ex.label for ex in test]
     agree = weak_error_agreement(predictions(student, test), predictions(weak, test), gold)
     return {"acc_weak": _mean(w), "acc_w2s": _mean(s), "acc_ceiling": _mean(c),
-            "pgr": boot["pgr"], "pgr_low": boot["low"], "pgr_high": boot["high"],
+            "gap": _mean(c) - _mean(w), "pgr": boot["pgr"], "pgr_low": boot["low"],
+            "pgr_high": boot["high"], "no_gap_share": boot["undefined"] / resamples,
             "weak_error_agreement": agree}
 
 
@@ -123,6 +126,8 @@ def summary_lines(report: dict) -> list[str]:
     """One line per (weak, strong, loss) averaged over seeds."""
     return [f"{r['weak']} -> {r['strong']} ({r['loss']}): weak {_fmt(r['acc_weak'])}, w2s "
             f"{_fmt(r['acc_w2s'])}, ceiling {_fmt(r['acc_ceiling'])}, PGR {_fmt(r['pgr_mean'], 2)}"
+            + (" (the ceiling beats the weak model by less than 0.02: PGR is noise)"
+               if r["acc_ceiling"] - r["acc_weak"] < 0.02 else "")
             for r in report["over_seeds"]]
 
 
@@ -135,12 +140,13 @@ def markdown(report: dict) -> str:
     lines += ["", ("## Students (accuracy on the test set; PGR with a 95% bootstrap CI over test "
                    "examples)"), "",
               ("| seed | weak | strong | loss | weak acc | w2s acc | ceiling acc | PGR [95% CI] | "
-               "agreement with weak mistakes |"), "|---|---|---|---|---|---|---|---|---|"]
+               "resamples without a gap | agreement with weak mistakes |"),
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["students"]:
         lines.append(f"| {r['seed']} | {r['weak']} | {r['strong']} | {r['loss']} | "
                      f"{_fmt(r['acc_weak'])} | {_fmt(r['acc_w2s'])} | {_fmt(r['acc_ceiling'])} | "
                      f"{_fmt(r['pgr'], 2)} [{_fmt(r['pgr_low'], 2)}, {_fmt(r['pgr_high'], 2)}] | "
-                     f"{_fmt(r['weak_error_agreement'], 2)} |")
+                     f"{_fmt(r['no_gap_share'], 2)} | {_fmt(r['weak_error_agreement'], 2)} |")
     lines += ["", "## Over seeds (PGR mean ± se)", "", "| weak | strong | loss | seeds | PGR |",
               "|---|---|---|---|---|"]
     lines += [f"| {r['weak']} | {r['strong']} | {r['loss']} | {r['seeds']} | "
