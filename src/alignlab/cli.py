@@ -108,10 +108,15 @@ def list_stages() -> None:
 def gym_build(out: Path = typer.Option(..., "--out", help="Folder for the gym."),
               seed: int = typer.Option(0, help="World and data seed."),
               pretrain_seconds: float = typer.Option(75.0, help="Base-model pretraining budget."),
-              length_bias: float = typer.Option(0.0, help="Annotator length bias per word.")) -> None:
+              length_bias: float = typer.Option(0.0, help="Annotator length bias per word."),
+              ladder: bool = typer.Option(False, "--ladder",
+                                          help="Also pretrain the four-size model ladder."),
+              ladder_steps: int = typer.Option(300, help="Pretraining steps per ladder model.")
+              ) -> None:
     """Build the gym: world, data files and the pretrained tiny base model."""
     overrides = [f"out={out}", f"seed={seed}", f"pretrain_seconds={pretrain_seconds}",
-                 f"length_bias={length_bias}"]
+                 f"length_bias={length_bias}", f"ladder={str(ladder).lower()}",
+                 f"ladder_steps={ladder_steps}"]
     _run_stage_command("gym", None, overrides)
 
 
