@@ -198,6 +198,10 @@ def test_w2s_refuses_a_changed_split_and_validates_models(ladder, finished, tmp_
     fewer.task.data.path = _task_file(tmp_path / "fewer", n=150)
     with pytest.raises(ValueError, match="different split"):
         run_stage(fewer)
+    other = _config(ladder, tmp_path, losses=["ce"])
+    other.models[1].train.learning_rate = 1e-3
+    with pytest.raises(ValueError, match="unit.json: this unit was trained with other settings"):
+        run_stage(other)
     labels = tmp_path / "run" / "units" / "s0" / "weak" / "weak" / "labels.jsonl"
     lines = labels.read_text().splitlines(keepends=True)
     lines[2] = json.dumps({"index": 7, "probs": [0.9, 0.3]}) + "\n"

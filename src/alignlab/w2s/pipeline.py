@@ -18,18 +18,23 @@ Every model is one *unit* with its own folder ``units/s<seed>/<role>/...``: a ru
 metrics, checkpoints), ``test.jsonl`` (its class probabilities on the test set) and for supervisors
 ``labels.jsonl`` (on half B), both appended and fsynced as they are computed (a killed run keeps
 them), then ``DONE``. Re-running skips finished units and resumes the unfinished one from its
-checkpoint, so no finished model is retrained. ``split.json`` fixes the split; a re-run whose data
+checkpoint, so no finished model is retrained. ``unit.json`` records what a unit's model depends on
+(settings, seed, loss, a digest of its targets); a re-run that would reuse a unit for other
+settings is refused. ``split.json`` fixes the split; a re-run whose data
 gives a different split is refused. The report (``report.json``, ``report.md``, ``w2s.png``) is
 written by :mod:`alignlab.w2s.report`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from accelerate import PartialState
 
 from alignlab.data.labelled import check_probability_rows, load_labelled
 from alignlab.data.loading import load_records
@@ -143,16 +148,41 @@ def _fill(job: JsonlJob, have: dict[int, list[float]], model, tokenizer, example
     return have
 
 
+def unit_recipe(unit: Unit) -> dict:
+    """What a unit's model depends on: the model and training settings (with the unit's seed), the
+    loss, and a digest of its training examples and targets (a supervisor's labels included)."""
+    targets = json.dumps([[ex.index, [round(p, 6) for p in unit.targets[ex.index]]]
+                          for ex in unit.train_on])
+    return {"model": unit.member.model.model_dump(mode="json"),
+            "train": unit.member.train.model_dump(mode="json") | {"seed": unit.seed},
+            "loss": asdict(unit.loss), "examples": len(unit.train_on),
+            "targets_sha256": hashlib.sha256(targets.encode()).hexdigest()}
+
+
+def check_unit(unit: Unit) -> None:
+    """Write ``unit.json``, or refuse a unit folder made with other settings or targets (its
+    finished model or checkpoints would otherwise be reused for a different experiment)."""
+    path, recipe = unit.folder / "unit.json", unit_recipe(unit)
+    if path.is_file():
+        if json.loads(path.read_text()) != recipe:
+            raise ValueError(f"{path}: this unit was trained with other settings or targets than "
+                             "the config now asks for; use a new out folder (or delete the unit)")
+        return
+    unit.folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(recipe, indent=2) + "\n")
+
+
 def run_unit(cfg: W2SConfig, unit: Unit, split: Split, log) -> dict[str, dict[int, list[float]]]:
     """Train (or resume) one unit and predict; returns ``{"test": probs, "labels": probs}``."""
+    check_unit(unit)
     c = cfg.task.num_classes
     test_job, test_probs = _prob_job(unit.folder / "test.jsonl", c)
     label_job, label_probs = _prob_job(unit.folder / "labels.jsonl", c) if unit.labels_b else \
         (None, {})
     if (unit.folder / DONE).is_file():
         return {"test": test_probs, "labels": label_probs}
-    log(f"{'/'.join(unit.folder.parts[-4:])}: training {unit.member.name} on {len(unit.train_on)} examples "
-        f"({unit.loss.name})")
+    log(f"{'/'.join(unit.folder.parts[-4:])}: training {unit.member.name} on "
+        f"{len(unit.train_on)} examples ({unit.loss.name})")
     settings = unit.member.train.model_copy(update={"seed": unit.seed})
     model, tokenizer = train_member(unit.member.model, cfg.head_outputs(), unit.train_on,
                                     unit.targets, settings, unit.loss, unit.folder)
@@ -237,6 +267,9 @@ def resolved_folders(cfg: W2SConfig) -> dict[str, str]:
 
 def run_w2s(cfg: W2SConfig, run: RunFolder) -> Path:
     """Run the experiment (module docstring) and write the report; returns the run folder."""
+    if PartialState().num_processes > 1:
+        raise ValueError("the w2s stage trains many small models one after another in one "
+                         "process; run it without accelerate launch / torchrun")
     counts = check_ladder(cfg, resolved_folders(cfg))
     examples, test = load_examples(cfg, run)
     split = split_examples(cfg, examples, test)
