@@ -216,12 +216,19 @@ def test_tokenizer_template_prefix(world):
 
 
 @pytest.mark.slow
-def test_build_gym_end_to_end_and_cache(tmp_path):
+def test_build_gym_end_to_end_and_cache(tmp_path, monkeypatch):
+    """The whole build, with the model ladder (its rungs use the base model's tokenizer; rung
+    caching is tested on a tiny ladder in test_gym_ladder.py)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alignlab.gym import build_gym, load_gym
+    from alignlab.gym import ladder as L
+    from alignlab.gym.build import SIZES
 
-    out = build_gym(tmp_path / "gym", seed=0, pretrain_seconds=5.0, max_steps=3, log=lambda m: None)
+    monkeypatch.setitem(SIZES, "sample_check", 16)
+    monkeypatch.setitem(SIZES, "ladder_check", 16)
+    out = build_gym(tmp_path / "gym", seed=0, pretrain_seconds=5.0, max_steps=3, log=lambda m: None,
+                    ladder=True, ladder_steps=2)
     gym = load_gym(out)
     info = gym.info
     assert info["annotator"]["measured_agreement"] == pytest.approx(0.75, abs=0.03)
@@ -233,6 +240,15 @@ def test_build_gym_end_to_end_and_cache(tmp_path):
     assert model.config.vocab_size == len(tok) and tok.chat_template
     prompt = json.loads((out / "data/eval_prompts.jsonl").read_text().splitlines()[0])["prompt"]
     assert gym.score(tuple(Message(**m) for m in prompt), "zzz").style == "off_grammar"
+    rungs = L.read_ladder(out)
+    assert [r["name"] for r in rungs] == ["xs", "s", "m", "l"]
+    assert rungs[-1]["parameters"] == info["base_model"]["parameters"]
+    for rung in rungs:
+        assert L.tokenizer_hash(AutoTokenizer.from_pretrained(rung["path"])) == L.tokenizer_hash(tok)
+        assert rung["check"]["n"] == 16 and rung["pretrain"]["steps"] == 2
+    assert info["ladder"]["span"] >= 30 and set(info["ladder"]["rungs"]) == {"xs", "s", "m", "l"}
+    assert info["w2s"]["helpful"] == {"count": 4000, "kind": "classify"}
+    assert "- ladder/: base models of 4 sizes" in (out / "README.md").read_text()
     weights = (out / "base_model/model.safetensors").read_bytes()
     build_gym(out, seed=0, pretrain_seconds=5.0, max_steps=3, log=lambda m: None)  # cached
     assert (out / "base_model/model.safetensors").read_bytes() == weights

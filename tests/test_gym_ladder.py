@@ -11,7 +11,7 @@ import pytest
 
 from alignlab.gym import base_model as B
 from alignlab.gym import ladder as L
-from alignlab.gym.build import SIZES, corpus_hash, corpus_texts
+from alignlab.gym.build import corpus_hash, corpus_texts
 from alignlab.gym.corpus import BASE_RATES, sample_conversations
 from alignlab.gym.prompts import make_prompt_pools
 from alignlab.gym.world import generate_world
@@ -120,34 +120,6 @@ def test_ladder_is_reproducible(tmp_path, corpus):
 def test_read_ladder_without_a_ladder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="ladder=true"):
         L.read_ladder(tmp_path)
-
-
-@pytest.mark.slow
-def test_build_gym_with_ladder_end_to_end(tmp_path, monkeypatch):
-    """The hook: ``gym`` with ``ladder: true`` writes the four rungs from the base model's tokenizer
-    (caching is tested on the tiny ladder above)."""
-    from transformers import AutoTokenizer
-
-    from alignlab.gym import load_gym
-    from alignlab.gym.stage import GymBuildConfig, run_gym
-
-    monkeypatch.setitem(SIZES, "sample_check", 16)
-    monkeypatch.setitem(SIZES, "ladder_check", 16)
-    cfg = GymBuildConfig(out=str(tmp_path / "gym"), pretrain_steps=2, ladder=True, ladder_steps=2)
-    out = run_gym(cfg)
-    rungs = L.read_ladder(out)
-    assert [r["name"] for r in rungs] == ["xs", "s", "m", "l"]
-    base_meta = json.loads((out / "base_model/gym_build.json").read_text())
-    assert rungs[-1]["parameters"] == base_meta["parameters"]
-    base_tok = AutoTokenizer.from_pretrained(out / "base_model")
-    for rung in rungs:
-        tok = AutoTokenizer.from_pretrained(rung["path"])
-        assert L.tokenizer_hash(tok) == L.tokenizer_hash(base_tok)
-        assert rung["check"]["n"] == SIZES["ladder_check"] and rung["pretrain"]["steps"] == 2
-    info = load_gym(out).info
-    assert info["ladder"]["span"] >= 30 and set(info["ladder"]["rungs"]) == {"xs", "s", "m", "l"}
-    assert info["w2s"]["helpful"] == {"count": 4000, "kind": "classify"}
-    assert "- ladder/: base models of 4 sizes" in (out / "README.md").read_text()
 
 
 def test_gym_config_ladder_fields():
