@@ -162,7 +162,7 @@ def markdown(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> None:
     """Accuracy (left) and PGR (right) against the strong model's parameters, one line per
-    (weak model, loss); the ceiling in black. Models of unknown size are placed by rank."""
+    (weak model, loss); the ceiling in black, each weak supervisor a grey square at its own size. Models of unknown size are placed by rank."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,15 +173,18 @@ def plot(report: dict, path: Path) -> None:
     ceiling = sorted({(sizes[r["strong"]], r["acc_ceiling"]) for r in report["over_seeds"]})
     if ceiling:
         left.plot(*zip(*ceiling), "k-o", label="strong ceiling (gold)")
+    weak = sorted({(sizes[r["weak"]], r["acc_weak"]) for r in report["over_seeds"]})
+    left.plot(*zip(*weak), "s", color="grey", label="weak supervisors (gold, half A)")
     for key in sorted({(r["weak"], r["loss"]) for r in report["over_seeds"]}):
         group = sorted((sizes[r["strong"]], r) for r in report["over_seeds"]
                        if (r["weak"], r["loss"]) == key)
         xs = [x for x, _ in group]
-        left.plot(xs, [r["acc_w2s"] for _, r in group], "-o", label=f"{key[0]} -> ({key[1]})")
-        right.plot(xs, [r["pgr_mean"] for _, r in group], "-o", label=f"{key[0]} ({key[1]})")
+        left.plot(xs, [r["acc_w2s"] for _, r in group], "-o", label=f"student of {key[0]} ({key[1]})")
+        right.plot(xs, [r["pgr_mean"] for _, r in group], "-o",
+                   label=f"student of {key[0]} ({key[1]})")
     for ax, label in ((left, "test accuracy"), (right, "PGR")):
         ax.set_xscale("log")
-        ax.set_xlabel("strong model parameters")
+        ax.set_xlabel("parameters (students and ceilings: of the strong model)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
     right.axhline(0, color="grey", lw=0.5)
