@@ -134,6 +134,8 @@ register("revise", "alignlab.feedback.revise:ReviseConfig", "alignlab.feedback.r
 register("distill", "alignlab.train.distill:DistillConfig", "alignlab.train.distill:run_distill",
          "Context distillation: a student without the HHH prompt learns the teacher's top-k tokens.",
          output="model")
+register("sample", "alignlab.sampling.stage:SampleConfig", "alignlab.sampling.stage:run_sample",
+         "N scored samples per prompt (resumable): best-of-N, rejection-sampling SFT set, pairs.")
 register("w2s", "alignlab.w2s.config:W2SConfig", "alignlab.w2s.pipeline:run_w2s",
          "Weak-to-strong: weak supervisors label for strong students; PGR with CIs, bootstrapping.")
 register("synth", "alignlab.data.synth:SynthConfig", "alignlab.data.synth:run_synth",

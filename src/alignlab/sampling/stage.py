@@ -1,0 +1,208 @@
+"""The ``sample`` stage: N samples per prompt from a policy, scored, and the sets made from them.
+
+``samples.jsonl`` holds one row per prompt — ``{"index", "prompt", "samples": [{"text", "score",
+"stop_reason"}, ...]}`` — appended and fsynced every ``flush_every`` prompts through the one job
+mechanism (:class:`alignlab.feedback.jobs.JsonlJob`): a killed job resumes at the first prompt
+without a row, so no finished prompt is generated or scored twice. Generation goes through the
+generation backends (``backend: hf`` or ``vllm``), scoring through the online stage's scorers
+(``scorers:``, summed with their weights: a reward model, the gym's gold reward, a judge, a
+function, ...).
+
+When every prompt has its row the outputs asked for are written (atomically) from the rows
+(:mod:`alignlab.sampling.select`):
+
+- ``best_of_n.jsonl`` — inference-time best-of-N: ``{"prompt", "response", "score", "n"}``;
+- ``rs_sft.jsonl`` — rejection-sampling fine-tuning (``rs_top_k``, optional ``rs_threshold``):
+  ``{"messages": [...]}`` conversations that ``alignlab sft`` reads directly;
+- ``pairs.jsonl`` — best vs worst sample per prompt (``pairs: true``; prompts whose samples all
+  score the same are skipped and counted): ``{"prompt", "chosen", "rejected"}`` for ``alignlab dpo``;
+- ``rso_pairs.jsonl`` — RSO (``rso:``; Liu et al. 2023): ``rso.num`` samples accepted per prompt by
+  statistical rejection sampling with ``rso.beta`` (:func:`~alignlab.sampling.select.rso_accept`,
+  seeded per prompt), paired by ``first_round`` or ``tournament`` ranking and labelled by score
+  (:func:`~alignlab.sampling.select.rso_pairs`). Train on them with ``alignlab dpo`` and ``loss:
+  dpo`` (the paper's sigmoid-norm), ``gpo`` with ``kind: hinge`` (hinge-norm) or ``slic`` with
+  ``lambda_reg: 0`` (hinge, no reference);
+- ``summary.json`` — counts, mean score of all samples and of the best-of-N, seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from alignlab.config import (
+    DataSettings,
+    GenerationSettings,
+    ModelSettings,
+    ScorerSettings,
+    StageConfig,
+    StrictModel,
+)
+from alignlab.data.loading import load_prompts
+from alignlab.data.records import Message, Messages, messages_to_list
+from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
+from alignlab.runs import RunFolder
+from alignlab.sampling.select import (
+    best_index,
+    best_worst_pair,
+    rso_accept,
+    rso_pairs,
+    top_k_indices,
+)
+
+
+class RSOSettings(StrictModel):
+    """RSO pair construction: accept ``num`` of the N samples with temperature ``beta``."""
+
+    beta: float = Field(0.5, gt=0.0)
+    num: int = Field(8, ge=2)
+    ranking: Literal["first_round", "tournament"] = "first_round"
+    seed: int = 0
+
+
+class SampleConfig(StageConfig):
+    """N samples per prompt (``generation.num_samples``), scored; see the module docstring."""
+
+    stage: Literal["sample"] = "sample"
+    policy: ModelSettings
+    prompts: DataSettings
+    num_prompts: int | None = Field(None, ge=1)
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(num_samples=4))
+    backend: Literal["hf", "vllm"] = "hf"
+    scorers: list[ScorerSettings] = Field(min_length=1)
+    flush_every: int = Field(16, ge=1)
+    best_of_n: bool = True
+    rs_top_k: int | None = Field(None, ge=1)
+    rs_threshold: float | None = None
+    pairs: bool = False
+    rso: RSOSettings | None = None
+
+
+def prompt_from_row(row: dict) -> Messages:
+    return tuple(Message(m["role"], m["content"]) for m in row["prompt"])
+
+
+def sample_rows(generator, scorer, prompts: Sequence[Messages], indices: Sequence[int],
+                settings: GenerationSettings) -> list[dict]:
+    """Rows for ``prompts`` (with their ``indices``): every sample with its score."""
+    samples = generator.generate(prompts, settings)
+    flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
+    scores = scorer.score(flat_prompts, [s.text for group in samples for s in group])
+    rows, k = [], 0
+    for index, prompt, group in zip(indices, prompts, samples):
+        rows.append({"index": index, "prompt": messages_to_list(prompt),
+                     "samples": [{"text": s.text, "score": float(scores[k + j]),
+                                  "stop_reason": s.stop_reason} for j, s in enumerate(group)]})
+        k += len(group)
+    return rows
+
+
+def run_jobs(cfg: SampleConfig, run: RunFolder, prompts: list[Messages], job: JsonlJob) -> None:
+    """Generate and score every prompt the job does not hold yet, ``flush_every`` at a time."""
+    done = job.done_indices()
+    todo = [i for i in range(len(prompts)) if i not in done]
+    if not todo:
+        return
+    generator, scorer = build_sampler(cfg)
+    run.log(f"sampling {len(todo)} prompts x {cfg.generation.num_samples} "
+            f"({len(done)} already done)")
+    for start in range(0, len(todo), cfg.flush_every):
+        chunk = todo[start:start + cfg.flush_every]
+        job.append(sample_rows(generator, scorer, [prompts[i] for i in chunk], chunk,
+                               cfg.generation))
+        run.log(f"{len(job.rows)}/{len(prompts)} prompts sampled")
+
+
+def build_sampler(cfg: SampleConfig):
+    """The generator of ``cfg.policy`` and the summed scorer."""
+    from alignlab.generation.factory import make_generator
+    from alignlab.models.loading import load_causal_lm, load_tokenizer, resolve_model_source
+    from alignlab.rl.scorers import build_scorer
+
+    if cfg.backend == "vllm":
+        source, extra = resolve_model_source(cfg.policy)
+        tokenizer = load_tokenizer(source, cfg.policy, extra)
+        generator = make_generator("vllm", tokenizer=tokenizer, model_path=source)
+        return generator, build_scorer(cfg.scorers, tokenizer=tokenizer)
+    model, tokenizer = load_causal_lm(cfg.policy, for_training=False)
+    return make_generator("hf", model, tokenizer), build_scorer(cfg.scorers, model, tokenizer)
+
+
+def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
+    """best_of_n.jsonl, rs_sft.jsonl, pairs.jsonl (as asked) and the summary."""
+    best, sft, pairs, ties = [], [], [], 0
+    for row in rows:
+        scores = [s["score"] for s in row["samples"]]
+        texts = [s["text"] for s in row["samples"]]
+        b = best_index(scores)
+        best.append({"prompt": row["prompt"], "response": texts[b], "score": scores[b],
+                     "n": len(scores)})
+        if cfg.rs_top_k:
+            sft += [{"messages": row["prompt"] + [{"role": "assistant", "content": texts[i]}]}
+                    for i in top_k_indices(scores, cfg.rs_top_k, cfg.rs_threshold)]
+        pair = best_worst_pair(scores)
+        ties += pair is None
+        if pair is not None:
+            pairs.append({"prompt": row["prompt"], "chosen": texts[pair[0]],
+                          "rejected": texts[pair[1]]})
+    if cfg.best_of_n:
+        write_jsonl_atomic(run.path / "best_of_n.jsonl", best)
+    if cfg.rs_top_k:
+        write_jsonl_atomic(run.path / "rs_sft.jsonl", sft)
+    if cfg.pairs:
+        write_jsonl_atomic(run.path / "pairs.jsonl", pairs)
+    every = [s["score"] for row in rows for s in row["samples"]]
+    summary = {"prompts": len(rows), "samples": len(every), "mean_score": sum(every) / len(every),
+               "best_of_n_mean_score": sum(r["score"] for r in best) / len(best),
+               "rs_sft_examples": len(sft), "pairs": len(pairs), "pairs_skipped_all_equal": ties}
+    if cfg.rso is not None:
+        made, rso_ties = rso_rows(cfg.rso, rows)
+        write_jsonl_atomic(run.path / "rso_pairs.jsonl", made)
+        summary.update(rso_pairs=len(made), rso_ties_skipped=rso_ties)
+    return summary
+
+
+def rso_rows(settings: RSOSettings, rows: list[dict]) -> tuple[list[dict], int]:
+    """RSO pairs of every prompt (module docstring) and the number of tied matches skipped."""
+    out, ties = [], 0
+    for row in rows:
+        scores = [s["score"] for s in row["samples"]]
+        accepted = rso_accept(scores, settings.beta, settings.num,
+                              seed=settings.seed * 1_000_003 + row["index"])
+        pairs, skipped = rso_pairs(scores, accepted, settings.ranking)
+        ties += skipped
+        out += [{"prompt": row["prompt"], "chosen": row["samples"][a]["text"],
+                 "rejected": row["samples"][b]["text"]} for a, b in pairs]
+    return out, ties
+
+
+def run_sample(cfg: SampleConfig, run: RunFolder) -> Path:
+    """Sample, score, select (module docstring); returns the run folder."""
+    start = time.time()
+    prompts = load_prompts(cfg.prompts)
+    prompts = prompts[:cfg.num_prompts] if cfg.num_prompts else prompts
+    if not prompts:
+        raise ValueError(f"{cfg.prompts.path}: no prompts")
+    job = JsonlJob(run.path / "samples.jsonl")
+    check_rows(job, prompts, cfg.generation.num_samples)
+    run_jobs(cfg, run, prompts, job)
+    summary = write_outputs(cfg, run, job.sorted_rows())
+    summary["seconds"] = round(time.time() - start, 1)
+    run.write_json("summary.json", summary)
+    run.log("sample: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in summary.items()))
+    return run.path
+
+
+def check_rows(job: JsonlJob, prompts: list[Messages], num_samples: int) -> None:
+    """Refuse to resume from rows made for other prompts or another N."""
+    for row in job.rows:
+        i = int(row["index"])
+        if i >= len(prompts) or prompt_from_row(row) != prompts[i] or \
+                len(row["samples"]) != num_samples:
+            raise ValueError(f"{job.path}: the row for prompt {i} was made for other prompts or "
+                             "another num_samples; use a new out folder")

@@ -1,0 +1,71 @@
+"""The ``sample`` stage on a tiny model: scores, best-of-N, RS-SFT set, pairs, and resume."""
+
+import json
+
+from test_models_tiny import save_tiny_lm
+
+from alignlab.config import DataSettings
+from alignlab.data.loading import load_records
+from alignlab.stages import build_stage_config, run_stage
+
+
+def char_score(prompt, completion):
+    """A scorer for the test that varies between samples of equal length."""
+    return float(sum(map(ord, completion)) % 13)
+
+
+def _config(tmp_path, model):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n"
+                               for w in ["a", "bb", "ccc", "dddd", "e", "ff"]))
+    raw = {"stage": "sample", "out": str(tmp_path / "run"), "policy": {"path": str(model)},
+           "prompts": {"path": str(prompts)},
+           "generation": {"num_samples": 3, "max_new_tokens": 8, "temperature": 1.0, "seed": 0},
+           "scorers": [{"kind": "function", "function": "test_sampling_stage:char_score"}],
+           "flush_every": 2, "rs_top_k": 2, "rs_threshold": 2.0, "pairs": True,
+           "rso": {"beta": 1.0, "num": 2}}
+    return build_stage_config(raw, source="test")
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sample_scores_selects_and_resumes_without_regenerating(tmp_path, monkeypatch):
+    model = save_tiny_lm(tmp_path / "lm")
+    run_stage(_config(tmp_path, model))
+    out = tmp_path / "run"
+    rows = _rows(out / "samples.jsonl")
+    assert [r["index"] for r in rows] == list(range(6))
+    assert all(s["score"] == char_score(None, s["text"]) for r in rows for s in r["samples"])
+    best = _rows(out / "best_of_n.jsonl")
+    assert [b["score"] for b in best] == [max(s["score"] for s in r["samples"]) for r in rows]
+    expected_sft = sum(min(2, sum(s["score"] >= 2.0 for s in r["samples"])) for r in rows)
+    sft = load_records(DataSettings(path=str(out / "rs_sft.jsonl")), "conversation")
+    assert len(sft.records) == expected_sft and sft.bad.skipped == 0
+    pairs = load_records(DataSettings(path=str(out / "pairs.jsonl")), "pair").records
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(pairs) + summary["pairs_skipped_all_equal"] == 6
+    assert all(char_score(None, p.chosen) > char_score(None, p.rejected) for p in pairs)
+    rso = load_records(DataSettings(path=str(out / "rso_pairs.jsonl")), "pair").records
+    assert len(rso) + summary["rso_ties_skipped"] == 6  # num 2 of 3: one first-round match each
+    assert rso and all(char_score(None, p.chosen) > char_score(None, p.rejected) for p in rso)
+
+    # a kill after 4 prompts, in the middle of writing the fifth row
+    lines = (out / "samples.jsonl").read_text().splitlines(keepends=True)
+    (out / "samples.jsonl").write_text("".join(lines[:4]) + lines[4][:20])
+    (out / "DONE").unlink()
+    from alignlab.generation.hf import HFGenerator
+
+    calls = []
+    real = HFGenerator.generate
+
+    def counting(self, prompts, settings):
+        calls.append(len(prompts))
+        return real(self, prompts, settings)
+
+    monkeypatch.setattr(HFGenerator, "generate", counting)
+    run_stage(_config(tmp_path, model))
+    assert calls == [2]  # only the two unfinished prompts, in one chunk
+    again = _rows(out / "samples.jsonl")
+    assert again[:4] == rows[:4] and [r["index"] for r in again] == list(range(6))
