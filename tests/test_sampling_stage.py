@@ -14,6 +14,11 @@ def char_score(prompt, completion):
     return float(sum(map(ord, completion)) % 13)
 
 
+def length_score(prompt, completion):
+    """A monitor for the test: the completion's length."""
+    return float(len(completion))
+
+
 def _config(tmp_path, model):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"say {w}"}) + "\n"
@@ -23,7 +28,9 @@ def _config(tmp_path, model):
            "generation": {"num_samples": 3, "max_new_tokens": 8, "temperature": 1.0, "seed": 0},
            "scorers": [{"kind": "function", "function": "test_sampling_stage:char_score"}],
            "flush_every": 2, "rs_top_k": 2, "rs_threshold": 2.0, "pairs": True,
-           "rso": {"beta": 1.0, "num": 2}}
+           "rso": {"beta": 1.0, "num": 2},
+           "monitors": [{"kind": "function", "function": "test_sampling_stage:length_score",
+                         "name": "length"}]}
     return build_stage_config(raw, source="test")
 
 
@@ -49,6 +56,10 @@ def test_sample_scores_selects_and_resumes_without_regenerating(tmp_path, monkey
     assert all(char_score(None, p.chosen) > char_score(None, p.rejected) for p in pairs)
     rso = load_records(DataSettings(path=str(out / "rso_pairs.jsonl")), "pair").records
     assert len(rso) + summary["rso_ties_skipped"] == 6  # num 2 of 3: one first-round match each
+    picks = [r["samples"][max(range(3), key=lambda j: (r["samples"][j]["score"], -j))]
+             for r in rows]
+    assert summary["length_best_of_n"] == sum(len(p["text"]) for p in picks) / 6
+    assert all(s["monitor"] == {"length": len(s["text"])} for r in rows for s in r["samples"])
     assert rso and all(char_score(None, p.chosen) > char_score(None, p.rejected) for p in rso)
 
     # a kill after 4 prompts, in the middle of writing the fifth row

@@ -22,7 +22,9 @@ When every prompt has its row the outputs asked for are written (atomically) fro
   (:func:`~alignlab.sampling.select.rso_pairs`). Train on them with ``alignlab dpo`` and ``loss:
   dpo`` (the paper's sigmoid-norm), ``gpo`` with ``kind: hinge`` (hinge-norm) or ``slic`` with
   ``lambda_reg: 0`` (hinge, no reference);
-- ``summary.json`` — counts, mean score of all samples and of the best-of-N, seconds.
+- ``summary.json`` — counts, mean score of all samples and of the best-of-N, each ``monitors:``
+  scorer's mean over all samples and over the best-of-N picks (monitors are scored, never used to
+  select: e.g. the gym's gold reward of what a proxy reward model picks), seconds.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class SampleConfig(StageConfig):
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(num_samples=4))
     backend: Literal["hf", "vllm"] = "hf"
     scorers: list[ScorerSettings] = Field(min_length=1)
+    monitors: list[ScorerSettings] = Field(default_factory=list)
     flush_every: int = Field(16, ge=1)
     best_of_n: bool = True
     rs_top_k: int | None = Field(None, ge=1)
@@ -86,17 +89,21 @@ def prompt_from_row(row: dict) -> Messages:
     return tuple(Message(m["role"], m["content"]) for m in row["prompt"])
 
 
-def sample_rows(generator, scorer, prompts: Sequence[Messages], indices: Sequence[int],
+def sample_rows(generator, scorer, monitors, prompts: Sequence[Messages], indices: Sequence[int],
                 settings: GenerationSettings) -> list[dict]:
-    """Rows for ``prompts`` (with their ``indices``): every sample with its score."""
+    """Rows for ``prompts`` (with their ``indices``): every sample with its score and, under
+    ``monitor``, each monitor's score (never used to select)."""
     samples = generator.generate(prompts, settings)
     flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
-    scores = scorer.score(flat_prompts, [s.text for group in samples for s in group])
+    texts = [s.text for group in samples for s in group]
+    scores = scorer.score(flat_prompts, texts)
+    watched = {m.name: m.score(flat_prompts, texts) for m in monitors}
     rows, k = [], 0
     for index, prompt, group in zip(indices, prompts, samples):
-        rows.append({"index": index, "prompt": messages_to_list(prompt),
-                     "samples": [{"text": s.text, "score": float(scores[k + j]),
-                                  "stop_reason": s.stop_reason} for j, s in enumerate(group)]})
+        rows.append({"index": index, "prompt": messages_to_list(prompt), "samples": [
+            {"text": s.text, "score": float(scores[k + j]), "stop_reason": s.stop_reason,
+             "monitor": {name: float(v[k + j]) for name, v in watched.items()}}
+            for j, s in enumerate(group)]})
         k += len(group)
     return rows
 
@@ -107,29 +114,32 @@ def run_jobs(cfg: SampleConfig, run: RunFolder, prompts: list[Messages], job: Js
     todo = [i for i in range(len(prompts)) if i not in done]
     if not todo:
         return
-    generator, scorer = build_sampler(cfg)
+    generator, scorer, monitors = build_sampler(cfg)
     run.log(f"sampling {len(todo)} prompts x {cfg.generation.num_samples} "
             f"({len(done)} already done)")
     for start in range(0, len(todo), cfg.flush_every):
         chunk = todo[start:start + cfg.flush_every]
-        job.append(sample_rows(generator, scorer, [prompts[i] for i in chunk], chunk,
+        job.append(sample_rows(generator, scorer, monitors, [prompts[i] for i in chunk], chunk,
                                cfg.generation))
         run.log(f"{len(job.rows)}/{len(prompts)} prompts sampled")
 
 
 def build_sampler(cfg: SampleConfig):
-    """The generator of ``cfg.policy`` and the summed scorer."""
+    """The generator of ``cfg.policy``, the summed scorer and the monitors."""
     from alignlab.generation.factory import make_generator
     from alignlab.models.loading import load_causal_lm, load_tokenizer, resolve_model_source
-    from alignlab.rl.scorers import build_scorer
+    from alignlab.rl.scorers import build_one_scorer, build_scorer
 
+    model = None
     if cfg.backend == "vllm":
         source, extra = resolve_model_source(cfg.policy)
         tokenizer = load_tokenizer(source, cfg.policy, extra)
         generator = make_generator("vllm", tokenizer=tokenizer, model_path=source)
-        return generator, build_scorer(cfg.scorers, tokenizer=tokenizer)
-    model, tokenizer = load_causal_lm(cfg.policy, for_training=False)
-    return make_generator("hf", model, tokenizer), build_scorer(cfg.scorers, model, tokenizer)
+    else:
+        model, tokenizer = load_causal_lm(cfg.policy, for_training=False)
+        generator = make_generator("hf", model, tokenizer)
+    monitors = [build_one_scorer(m, model, tokenizer) for m in cfg.monitors]
+    return generator, build_scorer(cfg.scorers, model, tokenizer), monitors
 
 
 def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
@@ -159,11 +169,26 @@ def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
     summary = {"prompts": len(rows), "samples": len(every), "mean_score": sum(every) / len(every),
                "best_of_n_mean_score": sum(r["score"] for r in best) / len(best),
                "rs_sft_examples": len(sft), "pairs": len(pairs), "pairs_skipped_all_equal": ties}
+    summary.update(monitor_means(rows))
     if cfg.rso is not None:
         made, rso_ties = rso_rows(cfg.rso, rows)
         write_jsonl_atomic(run.path / "rso_pairs.jsonl", made)
         summary.update(rso_pairs=len(made), rso_ties_skipped=rso_ties)
     return summary
+
+
+def monitor_means(rows: list[dict]) -> dict[str, float]:
+    """Each monitor's mean over all samples and over the best-of-N picks (``<name>_mean``,
+    ``<name>_best_of_n``): e.g. the gold reward of what the proxy selects."""
+    names = sorted({n for row in rows for s in row["samples"] for n in s.get("monitor", {})})
+    out = {}
+    for name in names:
+        every = [s["monitor"][name] for row in rows for s in row["samples"]]
+        picks = [row["samples"][best_index([s["score"] for s in row["samples"]])]["monitor"][name]
+                 for row in rows]
+        out[f"{name}_mean"] = sum(every) / len(every)
+        out[f"{name}_best_of_n"] = sum(picks) / len(picks)
+    return out
 
 
 def rso_rows(settings: RSOSettings, rows: list[dict]) -> tuple[list[dict], int]:
