@@ -50,6 +50,7 @@ def test_sample_scores_selects_and_resumes_without_regenerating(tmp_path, monkey
     expected_sft = sum(min(2, sum(s["score"] >= 2.0 for s in r["samples"])) for r in rows)
     sft = load_records(DataSettings(path=str(out / "rs_sft.jsonl")), "conversation")
     assert len(sft.records) == expected_sft and sft.bad.skipped == 0
+    assert all(m.content == m.content.strip() for c in sft.records for m in c.messages)
     pairs = load_records(DataSettings(path=str(out / "pairs.jsonl")), "pair").records
     summary = json.loads((out / "summary.json").read_text())
     assert len(pairs) + summary["pairs_skipped_all_equal"] == 6

@@ -9,7 +9,9 @@ generation backends (``backend: hf`` or ``vllm``), scoring through the online st
 function, ...).
 
 When every prompt has its row the outputs asked for are written (atomically) from the rows
-(:mod:`alignlab.sampling.select`):
+(:mod:`alignlab.sampling.select`), responses stripped of surrounding whitespace (decoded samples
+often start with the space a chat template puts after the role marker; training on them unstripped
+teaches the policy a double space — in the gym, 80 % off-grammar replies after one RS round):
 
 - ``best_of_n.jsonl`` — inference-time best-of-N: ``{"prompt", "response", "score", "n"}``;
 - ``rs_sft.jsonl`` — rejection-sampling fine-tuning (``rs_top_k``, optional ``rs_threshold``):
@@ -147,7 +149,7 @@ def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
     best, sft, pairs, ties = [], [], [], 0
     for row in rows:
         scores = [s["score"] for s in row["samples"]]
-        texts = [s["text"] for s in row["samples"]]
+        texts = [s["text"].strip() for s in row["samples"]]
         b = best_index(scores)
         best.append({"prompt": row["prompt"], "response": texts[b], "score": scores[b],
                      "n": len(scores)})
