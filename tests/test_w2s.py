@@ -241,7 +241,11 @@ def test_multiclass_task_with_the_confidence_and_product_losses(ladder, tmp_path
     assert len(labels) == 48 and all(len(p) == 3 for p in labels.values())
     report = json.loads((out / "report.json").read_text())
     assert sorted(r["loss"] for r in report["students"]) == ["aux_conf", "product"]
-    assert all(0.0 <= r["acc_w2s"] <= 1.0 for r in report["students"])
+    gold = {i: r["label"] for i, r in enumerate(rows)}
+    for r in report["students"]:
+        probs = _probs(out / "units" / "s0" / "student" / "weak-to-strong" / r["loss"] / "test.jsonl")
+        hits = [max(range(3), key=p.__getitem__) == gold[i] for i, p in probs.items()]
+        assert r["acc_w2s"] == pytest.approx(sum(hits) / len(hits), abs=1e-4)
     raw["losses"] = ["window"]
     with pytest.raises(ConfigError, match="two classes"):
         build_stage_config(raw, source="test")

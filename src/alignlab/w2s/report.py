@@ -100,8 +100,7 @@ def write_report(cfg, test: Sequence[Example], results: dict[int, dict],
               "models": [{"name": m.name, "parameters": params[m.name]} for m in cfg.models],
               "students": rows, "over_seeds": over_seeds(rows), "bootstrapping": chains}
     report["summary"] = summary_lines(report)
-    clean = json.loads(json.dumps(report, default=str), parse_constant=lambda c: None)
-    (out / "report.json").write_text(json.dumps(_nan_to_null(clean), indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps(_nan_to_null(report), indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
     plot(report, out / "w2s.png")
     return report

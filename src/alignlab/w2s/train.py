@@ -16,15 +16,14 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
 
 from alignlab.config import ModelSettings, TrainSettings
 from alignlab.losses.w2s import transfer_loss
 from alignlab.models.loading import load_reward_model
 from alignlab.runs import RunFolder
 from alignlab.train.checkpoint import latest_checkpoint, save_checkpoint
-from alignlab.train.common import batched
-from alignlab.train.loop import make_accelerator, train_loop
+from alignlab.train.common import batched, start_stage
+from alignlab.train.loop import train_loop
 from alignlab.train.reduce import to_device
 from alignlab.w2s.tasks import ClassifierModule, Example, collate_items, encode_example
 
@@ -75,8 +74,7 @@ def train_member(model_settings: ModelSettings, num_labels: int, examples: list[
     mode. A final checkpoint makes a re-run after a kill skip the training."""
     run = RunFolder(folder, echo=False)
     try:
-        acc = make_accelerator()
-        set_seed(settings.seed)
+        acc = start_stage(f"w2s {loss.name}", settings.seed, run)
         model, tokenizer = load_reward_model(model_settings, num_labels=num_labels)
         items = encode_items(tokenizer, examples, targets, settings)
         clock = _Clock()
