@@ -81,3 +81,25 @@ def test_sample_scores_selects_and_resumes_without_regenerating(tmp_path, monkey
     assert calls == [2]  # only the two unfinished prompts, in one chunk
     again = _rows(out / "samples.jsonl")
     assert again[:4] == rows[:4] and [r["index"] for r in again] == list(range(6))
+
+
+def test_named_rso_sets_each_get_their_file(tmp_path):
+    """A list of named RSO settings writes one pair file each: beta -> 0 pairs the two best samples;
+    duplicate names are refused when the config is read."""
+    import pytest
+
+    from alignlab.runs import RunFolder
+    from alignlab.sampling.stage import write_outputs
+
+    raw = _config(tmp_path, tmp_path / "unused").model_dump()
+    raw["rso"] = [{"name": "greedy", "beta": 1e-6, "num": 2}, {"name": "sft_rank", "beta": 1e9}]
+    cfg = build_stage_config(raw, source="test")
+    rows = [{"index": 0, "prompt": [{"role": "user", "content": "q"}],
+             "samples": [{"text": t, "score": s} for t, s in [("lo", 0.0), ("hi", 3.0), ("mid", 2.0)]]}]
+    summary = write_outputs(cfg, RunFolder(tmp_path / "out"), rows)
+    greedy = _rows(tmp_path / "out" / "greedy_pairs.jsonl")
+    assert [(p["chosen"], p["rejected"]) for p in greedy] == [("hi", "mid")]
+    assert summary["greedy_pairs"] == 1 and summary["sft_rank_pairs"] == 1
+    raw["rso"] = [{"name": "x"}, {"name": "x"}]
+    with pytest.raises(Exception, match="names must be unique"):
+        build_stage_config(raw, source="test")

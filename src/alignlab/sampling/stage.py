@@ -18,7 +18,8 @@ teaches the policy a double space — in the gym, 80 % off-grammar replies after
   ``{"messages": [...]}`` conversations that ``alignlab sft`` reads directly;
 - ``pairs.jsonl`` — best vs worst sample per prompt (``pairs: true``; prompts whose samples all
   score the same are skipped and counted): ``{"prompt", "chosen", "rejected"}`` for ``alignlab dpo``;
-- ``rso_pairs.jsonl`` — RSO (``rso:``; Liu et al. 2023): ``rso.num`` samples accepted per prompt by
+- ``rso_pairs.jsonl`` (``<name>_pairs.jsonl`` for each entry when ``rso:`` is a list of named
+  settings) — RSO (``rso:``; Liu et al. 2023): ``rso.num`` samples accepted per prompt by
   statistical rejection sampling with ``rso.beta`` (:func:`~alignlab.sampling.select.rso_accept`,
   seeded per prompt), paired by ``first_round`` or ``tournament`` ranking and labelled by score
   (:func:`~alignlab.sampling.select.rso_pairs`). Train on them with ``alignlab dpo`` and ``loss:
@@ -36,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from alignlab.config import (
     DataSettings,
@@ -60,8 +61,11 @@ from alignlab.sampling.select import (
 
 
 class RSOSettings(StrictModel):
-    """RSO pair construction: accept ``num`` of the N samples with temperature ``beta``."""
+    """RSO pair construction: accept ``num`` of the N samples with temperature ``beta``, written to
+    ``<name>_pairs.jsonl``. A huge ``beta`` (e.g. 1e9) accepts in random order: the paper's
+    ``sft-sample-rank`` baseline (SFT samples ranked by the reward model)."""
 
+    name: str = Field("rso", pattern=r"^[A-Za-z0-9_-]+$")
     beta: float = Field(0.5, gt=0.0)
     num: int = Field(8, ge=2)
     ranking: Literal["first_round", "tournament"] = "first_round"
@@ -84,7 +88,20 @@ class SampleConfig(StageConfig):
     rs_top_k: int | None = Field(None, ge=1)
     rs_threshold: float | None = None
     pairs: bool = False
-    rso: RSOSettings | None = None
+    rso: RSOSettings | list[RSOSettings] | None = None
+
+    @model_validator(mode="after")
+    def _rso_names_unique(self):
+        names = [r.name for r in self.rso_settings()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rso: names must be unique, got {names}")
+        return self
+
+    def rso_settings(self) -> list[RSOSettings]:
+        """The RSO pair sets asked for (one or a list)."""
+        if self.rso is None:
+            return []
+        return self.rso if isinstance(self.rso, list) else [self.rso]
 
 
 def prompt_from_row(row: dict) -> Messages:
@@ -172,10 +189,10 @@ def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
                "best_of_n_mean_score": sum(r["score"] for r in best) / len(best),
                "rs_sft_examples": len(sft), "pairs": len(pairs), "pairs_skipped_all_equal": ties}
     summary.update(monitor_means(rows))
-    if cfg.rso is not None:
-        made, rso_ties = rso_rows(cfg.rso, rows)
-        write_jsonl_atomic(run.path / "rso_pairs.jsonl", made)
-        summary.update(rso_pairs=len(made), rso_ties_skipped=rso_ties)
+    for rso in cfg.rso_settings():
+        made, rso_ties = rso_rows(rso, rows)
+        write_jsonl_atomic(run.path / f"{rso.name}_pairs.jsonl", made)
+        summary.update({f"{rso.name}_pairs": len(made), f"{rso.name}_ties_skipped": rso_ties})
     return summary
 
 
