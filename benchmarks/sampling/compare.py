@@ -26,6 +26,7 @@ POLICIES = [("SFT (start)", CMP / "eval_sft"), ("RS-FT round 1", RS / "eval_r1")
             ("RS-FT round 2", RS / "eval_r2"), ("RS-FT round 3", RS / "eval_r3"),
             ("RSO, sigmoid-norm (DPO loss)", CMP / "eval_rso_dpo"),
             ("RSO, hinge-norm", CMP / "eval_rso_hinge_norm"),
+            ("RSO at beta 2, sigmoid-norm", CMP / "eval_rso_beta2_dpo"),
             ("DPO on SFT samples ranked by the RM (sft-sample-rank)", CMP / "eval_sft_rank_dpo"),
             ("DPO on best-vs-worst of 16 SFT samples", CMP / "eval_bw_dpo"),
             ("DPO on the offline annotator pairs", CMP / "eval_offline_dpo"),
@@ -78,7 +79,7 @@ def pair_quality() -> list[dict]:
         for s in row["samples"]:
             scores[(json.dumps(row["prompt"]), s["text"].strip())] = (s["monitor"]["gold"], s["score"])
     out = []
-    for name in ("rso_pairs", "sft_rank_pairs", "pairs"):
+    for name in ("rso_pairs", "rso_beta2_pairs", "sft_rank_pairs", "pairs"):
         pairs = [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
         margins = []
         for p in pairs:
