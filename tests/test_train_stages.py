@@ -158,3 +158,25 @@ def test_dpo_increases_chosen_margin(tiny_model, tmp_path):
     before = _sequence_margin(tiny_model, tiny_model, pairs)
     after = _sequence_margin(str(model_dir), tiny_model, pairs)
     assert after - before > 5.0, (before, after)
+
+
+def test_pmp_binarises_vote_pairs_then_rm_fine_tunes_from_it(tiny_model, tmp_path):
+    """PMP on Stack Exchange-style rows: 16 questions x 1 ranked pair, 4 held out -> 24 training and
+    8 eval GOOD/BAD pairs; the discrimination is learnt; ``rm`` starts from the PMP model."""
+    from alignlab.train.pmp import PMPConfig, run_pmp
+
+    rows = [{"question": f"question {i}?", "answers": [
+        {"text": "yes, gladly.", "upvotes": 12}, {"text": "no!", "upvotes": -3}]} for i in range(16)]
+    data = _write_jsonl(tmp_path / "forum.jsonl", rows)
+    cfg = PMPConfig(model=ModelSettings(path=tiny_model), data=DataSettings(path=data),
+                    eval_fraction=0.25, out=str(tmp_path / "pmp"),
+                    train=_train(max_steps=25, learning_rate=3e-3))
+    run = RunFolder(cfg.out, cfg, echo=False)
+    model_dir = run_pmp(cfg, run)
+    assert "binarised: 24 training and 8 eval GOOD/BAD pairs" in (run.path / "log.txt").read_text()
+    scores = json.loads((run.path / "eval.json").read_text())
+    assert scores["n"] == 8 and scores["accuracy"] == 1.0
+    prefs = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(8, 0, "yes, gladly.", "no!"))
+    rm = RMConfig(model=ModelSettings(path=str(model_dir)), data=DataSettings(path=prefs),
+                  eval_fraction=0.0, out=str(tmp_path / "rm"), train=_train(max_steps=1))
+    assert (run_rm(rm, RunFolder(rm.out, rm, echo=False)) / "model.safetensors").is_file()

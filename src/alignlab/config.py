@@ -88,7 +88,8 @@ class DataSettings(StrictModel):
     """
 
     path: str
-    format: Literal["auto", "alignlab", "hh", "chat", "sharegpt", "alpaca", "kto", "oasst"] = "auto"
+    format: Literal["auto", "alignlab", "hh", "chat", "sharegpt", "alpaca", "kto", "oasst",
+                    "stackexchange"] = "auto"
     split: str = "train"
     on_bad_record: Literal["error", "skip"] = "error"
     offset: int = Field(0, ge=0)

@@ -95,10 +95,15 @@ def _attribute(spec: str) -> Any:
 register("gym", "alignlab.gym.stage:GymBuildConfig", "alignlab.gym.stage:run_gym",
          "Build the gym: world, data files and the pretrained tiny base model.", command=None,
          run_folder=False)
+register("gym-annotate", "alignlab.gym.annotate:AnnotateConfig", "alignlab.gym.annotate:run_annotate",
+         "The gym's simulated annotators compare a policy's samples (helpful/harmless mix).")
 register("sft", "alignlab.train.sft:SFTConfig", "alignlab.train.sft:run_sft",
          "Supervised fine-tuning (prompt-masked NLL).", output="model")
 register("rm", "alignlab.train.reward:RMConfig", "alignlab.train.reward:run_rm",
          "Train a Bradley–Terry reward model on preference pairs.", output="model")
+register("pmp", "alignlab.train.pmp:PMPConfig", "alignlab.train.pmp:run_pmp",
+         "Preference-model pretraining on vote-scored or ranked data (binarised GOOD/BAD pairs).",
+         output="model")
 register("orm", "alignlab.train.verifier:VerifierConfig", "alignlab.train.verifier:run_verifier",
          "Outcome reward model: classify a solution's final-answer correctness (a verifier).",
          output="model")
@@ -120,6 +125,8 @@ register("eval", "alignlab.eval.run:EvalConfig", "alignlab.eval.run:run_eval",
          "Generate on held-out prompts and report reward, rates, KL and win rate.")
 register("verify", "alignlab.eval.verify:VerifyConfig", "alignlab.eval.verify:run_verify",
          "Best-of-N verification: accuracy vs N for majority vote, ORM/PRM picks, weighted vote.")
+register("pm-check", "alignlab.eval.pm_check:PMCheckConfig", "alignlab.eval.pm_check:run_pm_check",
+         "PM robustness: train PM vs test PM under best-of-n, their agreement by score bin.")
 register("report", "alignlab.eval.report:ReportConfig", "alignlab.eval.report:run_report",
          "Merge several evaluations into report.md / report.json / a plot.")
 register("label", "alignlab.feedback.labeling:LabelConfig", "alignlab.feedback.labeling:run_label",

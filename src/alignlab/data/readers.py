@@ -25,6 +25,7 @@ Formats (``data.format``):
 - ``kto``: ``{"messages": [...], "label": bool}`` → BinaryFeedback (the last message, which must be an
   assistant turn, is the completion); the canonical ``{"prompt", "completion", "label"}`` is accepted too.
 - ``oasst``: OpenAssistant message trees (see :func:`read_oasst`).
+- ``stackexchange``: a question with vote-scored answers (see :func:`read_stackexchange`).
 
 ``format: auto`` (:func:`detect_format`) looks at the first row's keys; the rules are in
 ``FORMAT_RULES``. No match or more than one match is an error telling the user to set ``format``.
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alignlab.data.errors import DataSourceError, Location
+from alignlab.data.pmp import vote_score
 from alignlab.data.records import (
     ROLES,
     BinaryFeedback,
@@ -448,6 +450,44 @@ def _collect_ranked(path: Messages, replies: list, where: Location, prefix: str,
         out.append(RankedList(path, tuple(t for _, t in ranked), tuple(-float(r) for r, _ in ranked)))
 
 
+# ----------------------------------------------------------------------------- Stack Exchange votes
+
+
+def read_stackexchange(row: dict[str, Any], where: Location, notes: Counter) -> list[Item]:
+    """A ranked list from one vote-scored question (Askell et al. 2021's preference-model
+    pretraining data).
+
+    ``{"question": text or messages, "answers": [{"text", "upvotes" | "score" | "pm_score",
+    "accepted" | "selected"?}, ...]}``: each answer's score is ``pm_score`` when given (already
+    Askell-scored, as in H4's stack-exchange-preferences), else :func:`alignlab.data.pmp.vote_score`
+    of its net votes (``upvotes`` or Stack Exchange's ``score``) and accepted flag. Responses are
+    listed best first; equal scores stay (converting to pairs skips and counts their ties).
+    Questions with fewer than two answers are skipped and counted (``stackexchange_single_answer``).
+    """
+    prompt = parse_prompt(require(row, "question", where), where, "question")
+    answers = require(row, "answers", where, list)
+    scored = [_vote_scored_answer(a, where, f"answers[{i}]") for i, a in enumerate(answers)]
+    if len(scored) < 2:
+        notes["stackexchange_single_answer"] += 1
+        return []
+    scored.sort(key=lambda item: -item[1])
+    return [RankedList(prompt, tuple(t for t, _ in scored), tuple(float(s) for _, s in scored))]
+
+
+def _vote_scored_answer(answer: Any, where: Location, field: str) -> tuple[str, int]:
+    if not isinstance(answer, dict):
+        raise where.error(field, "expected an answer object")
+    text = require(answer, "text", where, str, f"{field}.text")
+    accepted = answer.get("accepted", answer.get("selected", False))
+    if not isinstance(accepted, bool):
+        raise where.error(f"{field}.accepted", f"expected true or false, got {accepted!r}")
+    for key in ("pm_score", "upvotes", "score"):
+        if key in answer:
+            votes = require(answer, key, where, int, f"{field}.{key}")
+            return text, votes if key == "pm_score" else vote_score(votes, accepted)
+    raise where.error(f"{field}.upvotes", "required field is missing (or score / pm_score)")
+
+
 # ----------------------------------------------------------------------------- detection
 
 
@@ -461,6 +501,8 @@ def _is_hh_text(value: Any) -> bool:
 
 
 FORMAT_RULES: tuple[tuple[str, str, Callable[[dict[str, Any]], bool]], ...] = (
+    ("stackexchange", "keys question + answers",
+     lambda r: "question" in r and isinstance(r.get("answers"), list)),
     ("oasst", "keys replies + role + text",
      lambda r: {"replies", "role", "text"} <= r.keys()),
     ("sharegpt", "key conversations", lambda r: "conversations" in r),
@@ -502,4 +544,5 @@ def match_format_rules(row: dict[str, Any], source: str, rules: tuple, what: str
 READERS: dict[str, Reader] = {
     "alignlab": read_alignlab, "hh": read_hh, "chat": read_chat, "sharegpt": read_sharegpt,
     "alpaca": read_alpaca, "kto": read_kto, "oasst": read_oasst,
+    "stackexchange": read_stackexchange,
 }

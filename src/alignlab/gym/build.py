@@ -14,6 +14,7 @@ Layout written by :func:`build_gym`::
     data/binary.jsonl     unpaired desirable/undesirable feedback (BinaryFeedback)
     data/ranked.jsonl     4 responses per prompt with noisy scores (RankedList)
     data/w2s/             weak-to-strong task data (see :mod:`alignlab.gym.w2s_data`)
+    data/forum.jsonl      vote-scored Q&A for preference-model pretraining (:mod:`alignlab.gym.forum`)
     base_model/           an ordinary HF folder (LlamaForCausalLM + tokenizer, safetensors)
     ladder/               with ``ladder=True``: base models of four sizes (:mod:`alignlab.gym.ladder`)
 
@@ -41,6 +42,7 @@ from alignlab.gym.annotators import (
     expected_agreement,
     measured_agreement,
 )
+from alignlab.gym.forum import write_forum
 from alignlab.gym.gold import gold_table_markdown, is_harmless, is_helpful, score
 from alignlab.gym.prompts import make_prompt_pools
 from alignlab.gym.reasoning import write_reasoning_data
@@ -210,10 +212,12 @@ def build_gym(out: str | Path, seed: int = 0, pretrain_seconds: float = 75.0,
     write_data(out, data)
     reasoning = write_reasoning_data(out / "data" / "reasoning", seed)
     w2s = write_w2s_data(out / "data" / "w2s", world, data["train_prompts"], seed)
+    forum = write_forum(out / "data" / "forum.jsonl", world, seed)
     log(f"gym data written to {out / 'data'} ({time.time() - start:.1f}s)")
     model_meta = build_base_model(out, world, data, seed, pretrain_seconds, max_steps, log)
     info = world_info(world, data, model_meta, seed, length_bias)
     info["reasoning"] = {"counts": reasoning["counts"], "train": reasoning["train"]}
+    info["forum"] = forum
     info["w2s"] = {k: {"count": v["count"], "kind": v["kind"]} for k, v in w2s.items()
                    if isinstance(v, dict)}
     if ladder:
@@ -256,7 +260,11 @@ def readme_text(info: dict[str, Any]) -> str:
         ("- data/reasoning/: the reasoning world (step-labelled arithmetic solutions, SFT data, "
          "prompts with gold answers; see reasoning.json)"),
         ("- data/w2s/: weak-to-strong tasks labelled by gold (helpful, style, prefs_gold; see "
-         "tasks.json)"), *ladder_lines(info.get("ladder")), ""])
+         "tasks.json)"),
+        ("- data/forum.jsonl: vote-scored forum questions for preference-model pretraining "
+         f"({info['forum']['questions']} questions, {info['forum']['answers']} answers; vote score "
+         f"agrees with gold on {info['forum']['agreement']} of ranked pairs)"),
+        *ladder_lines(info.get("ladder")), ""])
 
 
 def ladder_lines(ladder: dict[str, Any] | None) -> list[str]:

@@ -125,6 +125,12 @@ def run_rm(cfg: RMConfig, run: RunFolder) -> Path:
     """Train a Bradley–Terry reward model; evaluate it; returns the saved model folder."""
     acc = start_stage("rm", cfg.train.seed, run)
     train_records, eval_records, source = load_rm_data(cfg, acc, run)
+    return train_reward_model(cfg, run, acc, train_records, eval_records, source)
+
+
+def train_reward_model(cfg: RMConfig, run: RunFolder, acc, train_records: list,
+                       eval_records: list, source: str) -> Path:
+    """Train on ``train_records`` (pairs), evaluate on ``eval_records``, save; the model folder."""
     model, tokenizer = load_reward_model(cfg.model)
     encode = partial(encode_pair, tokenizer, max_length=cfg.train.max_length,
                      max_prompt_length=cfg.train.max_prompt_length)
