@@ -39,6 +39,8 @@ ENTRIES: list[tuple[str, str, int, int, float, dict, dict]] = [
     ("grpo", "grpo", 16, 4, 5e-5, {"kl_coef": 0.1}, {}),
     ("reinforce_pp", "reinforce_pp", 64, 1, 5e-5, {"kl_coef": 0.1}, {}),
     ("online_dpo", "online_dpo", 16, 4, 5e-5, {}, {"loss": [{"name": "dpo", "beta": 0.1}]}),
+    # three SPPO iterations of 10 updates each: the reference moves to the policy every 10
+    ("sppo", "sppo", 16, 4, 5e-5, {"sppo_eta": 10.0, "ref_sync_every": 10}, {}),
 ]
 
 

@@ -119,7 +119,7 @@ register("preference", "alignlab.train.preference:PreferenceConfig",
          "Offline preference optimisation with any registered objective (same stage as ``dpo``).",
          output="model")
 register("online", "alignlab.rl.trainer:OnlineConfig", "alignlab.rl.trainer:run_online",
-         "Online RL from feedback: ppo, rloo, grpo, reinforce_pp or online_dpo (``algorithm``).",
+         "Online RL from feedback: ppo, rloo, grpo, reinforce_pp, online_dpo or sppo (``algorithm``).",
          output="model")
 register("eval", "alignlab.eval.run:EvalConfig", "alignlab.eval.run:run_eval",
          "Generate on held-out prompts and report reward, rates, KL and win rate.")

@@ -14,6 +14,7 @@ One loop (:mod:`alignlab.rl.trainer`) runs them all. An algorithm supplies two f
 | ``grpo`` | group mean/std normalised | k3 estimate, in the loss | clipped surrogate + beta * k3 |
 | ``reinforce_pp`` | returns-to-go, whitened over the batch | per token, in the reward | clipped surrogate |
 | ``online_dpo`` | (pairs: best vs worst of the k samples) | inside the preference objective | any pair objective |
+| ``sppo`` | (winner and loser by estimated win rate) | the reference is the previous iterate | squared log-ratio regression |
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class Algorithm:
 
     def needs_reference(self, rl: RLSettings, objective=None) -> bool:
         """Whether reference log-probs are needed: for the KL term, or the objective's reference."""
+        if self.name == "sppo":
+            return True
         if self.name == "online_dpo":
             return objective is not None and objective.reference != "none"
         return rl.kl_coef > 0 or rl.kl_target is not None
@@ -200,6 +203,57 @@ def online_dpo_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
     return losses.mean(), {k: v.float().mean() for k, v in metrics.items()}
 
 
+# ----------------------------------------------------------------------------- SPPO
+
+
+def sppo_win_rates(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """P̂(y_i ≻ π_t | x) = (1/K) Σ_j P(y_i ≻ y_j | x) with P(y_i ≻ y_j) = σ(r_i − r_j), for every
+    sample of every group of k (Wu et al. 2024, "Self-Play Preference Optimization", §4, the
+    estimate from K samples). As in the paper the sum includes j = i (P = ½); it equals
+    (K − 1)/K times the leave-one-out mean plus 1/(2K)."""
+    groups = scores.view(-1, k).double()
+    return torch.sigmoid(groups[:, :, None] - groups[:, None, :]).mean(2).flatten().to(scores.dtype)
+
+
+def sppo_targets(win: torch.Tensor, order: torch.Tensor, eta: float, mode: str) -> torch.Tensor:
+    """Per-row regression targets of the log-ratio: η(P̂ − ½) (``soft``, the paper's eq. 4.7) or
+    ±η/2 for the winner and the loser (``hard``: P̂ replaced by 1 and 0, TRL's ``sppo_hard``)."""
+    targets = torch.zeros_like(win)
+    if mode == "hard":
+        targets[order[0::2]], targets[order[1::2]] = eta / 2, -eta / 2
+    else:
+        targets[order] = eta * (win[order] - 0.5)
+    return targets
+
+
+def prepare_sppo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+    """SPPO (Wu et al. 2024, Algorithm 1 and eq. 4.7): win rates of the k samples against each
+    other, the winner (highest P̂) and the loser (lowest) of each prompt; groups whose samples all
+    score the same give no pair."""
+    exp.kl = token_kl(exp, rl)
+    win = sppo_win_rates(exp.scores, exp.k)
+    order = best_worst_pairs(win, exp.k)
+    exp.extra["pairs"] = order
+    exp.targets = sppo_targets(win, order, rl.sppo_eta, rl.sppo_mode)
+    n_groups = len(exp) // exp.k
+    gap = (win[order[0::2]] - win[order[1::2]]).mean() if len(order) else 0.0
+    return {"pairs": len(order) // 2, "tied_groups": n_groups - len(order) // 2,
+            "win_rate_gap": float(gap)}
+
+
+def sppo_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
+    """(log π(y)/π_t(y) − target)² summed over the winner and the loser of each pair, averaged over
+    pairs (Wu et al. 2024, eq. 4.7); rows are ordered winner, loser, ... (the pair units)."""
+    mask = exp.mask
+    log_ratio = (logp * mask).sum(1) - (exp.ref_logp * mask).sum(1)
+    errors = (log_ratio - exp.targets) ** 2
+    losses = errors[0::2] + errors[1::2]
+    return losses.mean(), {"log_ratio/winner": log_ratio[0::2].detach().mean(),
+                           "log_ratio/loser": log_ratio[1::2].detach().mean(),
+                           "target/winner": exp.targets[0::2].mean(),
+                           "target/loser": exp.targets[1::2].mean()}
+
+
 # ----------------------------------------------------------------------------- table
 
 
@@ -214,7 +268,11 @@ REINFORCE_PP = Algorithm("reinforce_pp", "Hu 2025 (REINFORCE++)", prepare_reinfo
 ONLINE_DPO = Algorithm("online_dpo", "Guo et al. 2024 (online AI feedback); Xiong et al. 2024",
                        prepare_online_dpo, online_dpo_loss, min_k=2, unit_rows=2)
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (PPO, RLOO, GRPO, REINFORCE_PP, ONLINE_DPO)}
+SPPO = Algorithm("sppo", "Wu et al. 2024 (Self-Play Preference Optimization)", prepare_sppo,
+                 sppo_loss, min_k=2, unit_rows=2)
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (PPO, RLOO, GRPO, REINFORCE_PP, ONLINE_DPO,
+                                                        SPPO)}
 
 
 def get_algorithm(name: str) -> Algorithm:

@@ -61,7 +61,8 @@ class Experience:
     ``advantages`` and ``returns`` (filled by the algorithm). ``scores`` [N] are the rewards the
     algorithm trains on (after normalisation, clipping and penalties); with a dense (process)
     scorer they include the dense rewards' sum, and ``dense`` ``[N, T]`` holds those rewards per
-    token.
+    token. ``targets`` [N]: per-sequence regression targets of algorithms that regress the
+    log-ratio to the reference (SPPO).
     """
 
     batch: dict[str, torch.Tensor]
@@ -75,6 +76,7 @@ class Experience:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     dense: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     @property

@@ -18,7 +18,8 @@ class RLSettings(StrictModel):
     current policy every that many iterations (iterative methods); 0 keeps the starting model.
     ``whiten_advantages`` None means the algorithm's default (on for PPO, off for the others).
     ``minibatch_size`` and ``micro_batch_size`` count sequences (pairs for online DPO); None: one
-    minibatch / no split.
+    minibatch / no split. ``sppo_eta`` and ``sppo_mode`` are SPPO's η and its estimated-win-rate
+    (``soft``) or winner = 1 / loser = 0 (``hard``) targets.
     """
 
     ppo_epochs: int = Field(1, ge=1)
@@ -43,4 +44,6 @@ class RLSettings(StrictModel):
     reduction: Literal["auto", "token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "auto"
     ptx_coef: float = Field(0.0, ge=0.0)
     ref_sync_every: int = Field(0, ge=0)
+    sppo_eta: float = Field(10.0, gt=0.0)
+    sppo_mode: Literal["soft", "hard"] = "soft"
 

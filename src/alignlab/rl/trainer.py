@@ -78,7 +78,7 @@ class OnlineConfig(StageConfig):
     """
 
     stage: Literal["online"] = "online"
-    algorithm: Literal["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo"]
+    algorithm: Literal["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo", "sppo"]
     model: ModelSettings
     ref_model: ModelSettings | None = None
     critic: ModelSettings | None = None
