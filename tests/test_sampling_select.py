@@ -62,3 +62,14 @@ def test_rso_pairs_first_round_and_tournament_by_hand():
     assert rso_pairs([1.0, 1.0, 0.0], [0, 1, 2], "tournament") == ([(0, 2)], 1)
     with pytest.raises(ValueError, match="ranking"):
         rso_pairs(scores, accepted, "swiss")
+
+
+def test_replay_subset_keeps_decay_to_the_age_on_average_and_is_seeded():
+    from alignlab.sampling.select import replay_subset
+
+    assert replay_subset(10, 1, 1.0, 0) == list(range(10))
+    one, two = replay_subset(4000, 1, 0.5, 0), replay_subset(4000, 2, 0.5, 0)
+    assert abs(len(one) - 2000) < 150 and abs(len(two) - 1000) < 120  # 0.5 and 0.25 of 4000
+    assert replay_subset(4000, 2, 0.5, 0) == two and replay_subset(4000, 2, 0.5, 1) != two
+    with pytest.raises(ValueError, match="decay"):
+        replay_subset(3, 1, 0.0, 0)

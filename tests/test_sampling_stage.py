@@ -103,3 +103,31 @@ def test_named_rso_sets_each_get_their_file(tmp_path):
     raw["rso"] = [{"name": "x"}, {"name": "x"}]
     with pytest.raises(Exception, match="names must be unique"):
         build_stage_config(raw, source="test")
+
+
+def test_min_gap_filters_pairs_and_replay_mixes_earlier_rounds(tmp_path):
+    """DNO's round: best-vs-worst pairs with a gap below pairs_min_gap are dropped and counted;
+    earlier rounds' pairs follow this round's (decay 1: all kept)."""
+    import pytest
+
+    from alignlab.runs import RunFolder
+    from alignlab.sampling.stage import write_outputs
+
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text("".join(json.dumps({"prompt": "old", "chosen": f"c{i}", "rejected": f"r{i}"})
+                               + "\n" for i in range(3)))
+    raw = _config(tmp_path, tmp_path / "unused").model_dump()
+    raw.update(rso=None, pairs_min_gap=1.0, replay=[{"path": str(earlier)}], replay_decay=1.0)
+    cfg = build_stage_config(raw, source="test")
+    rows = [{"index": i, "prompt": [{"role": "user", "content": f"q{i}"}],
+             "samples": [{"text": "a", "score": 0.0}, {"text": "b", "score": gap}]}
+            for i, gap in enumerate([0.5, 2.0])]
+    summary = write_outputs(cfg, RunFolder(tmp_path / "out"), rows)
+    assert summary["pairs"] == 1 and summary["pairs_skipped_small_gap"] == 1
+    mixed = _rows(tmp_path / "out" / "pairs_with_replay.jsonl")
+    assert [(m["chosen"], m["rejected"]) for m in mixed] == [("b", "a"), ("c0", "r0"), ("c1", "r1"),
+                                                             ("c2", "r2")]
+    assert summary["replayed_pairs"] == [3]
+    raw["pairs"] = False
+    with pytest.raises(Exception, match="set pairs: true"):
+        build_stage_config(raw, source="test")

@@ -16,6 +16,8 @@ best-vs-worst pairs and RSO's statistical rejection sampling. Pure functions of 
   every candidate in the order visited (the SFT distribution). The candidates are visited in a seeded
   random order each pass (the paper's code visits them in stored order; a random order keeps equal
   scores from favouring whichever sample came first).
+- :func:`replay_subset`: which of an earlier round's pairs to mix into this round's, with
+  probability decaying with the round's age (DNO, Rosset et al. 2024).
 """
 
 from __future__ import annotations
@@ -102,3 +104,14 @@ def rso_pairs(scores: Sequence[float], accepted: Sequence[int],
             break
         players = winners + ([players[-1]] if len(players) % 2 else [])
     return pairs, ties
+
+
+def replay_subset(count: int, age: int, decay: float, seed: int) -> list[int]:
+    """Indices of the ``count`` pairs of an earlier round, ``age`` rounds old, kept with probability
+    ``decay ** age`` each (seeded): earlier iterations' pairs mixed in with decaying weight, as in
+    DNO's batched on-policy algorithm (Rosset et al. 2024, §5). ``decay`` 1 keeps everything."""
+    if not 0.0 < decay <= 1.0 or age < 1:
+        raise ValueError(f"replay: decay must be in (0, 1] and age >= 1, got {decay}, {age}")
+    rng = random.Random(f"replay-{seed}-{age}")
+    rate = decay ** age
+    return [i for i in range(count) if rng.random() < rate]

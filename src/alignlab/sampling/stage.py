@@ -17,7 +17,14 @@ teaches the policy a double space — in the gym, 80 % off-grammar replies after
 - ``rs_sft.jsonl`` — rejection-sampling fine-tuning (``rs_top_k``, optional ``rs_threshold``):
   ``{"messages": [...]}`` conversations that ``alignlab sft`` reads directly;
 - ``pairs.jsonl`` — best vs worst sample per prompt (``pairs: true``; prompts whose samples all
-  score the same are skipped and counted): ``{"prompt", "chosen", "rejected"}`` for ``alignlab dpo``;
+  score the same are skipped and counted, and with ``pairs_min_gap`` so are pairs whose score gap
+  is smaller): ``{"prompt", "chosen", "rejected"}`` for ``alignlab dpo``;
+- ``pairs_with_replay.jsonl`` (``replay:``, earlier rounds' pair files, most recent first) — this
+  round's pairs plus each earlier round's kept with probability ``replay_decay ** age``
+  (:func:`~alignlab.sampling.select.replay_subset`). With ``pairs_min_gap`` this is DNO's batched
+  on-policy round (Rosset et al. 2024): large-margin best-vs-worst pairs of the current policy,
+  earlier iterations mixed in with decaying weight, then ``dpo`` from the current policy as its own
+  reference;
 - ``rso_pairs.jsonl`` (``<name>_pairs.jsonl`` for each entry when ``rso:`` is a list of named
   settings) — RSO (``rso:``; Liu et al. 2023): ``rso.num`` samples accepted per prompt by
   statistical rejection sampling with ``rso.beta`` (:func:`~alignlab.sampling.select.rso_accept`,
@@ -47,13 +54,14 @@ from alignlab.config import (
     StageConfig,
     StrictModel,
 )
-from alignlab.data.loading import load_prompts
-from alignlab.data.records import Message, Messages, messages_to_list
+from alignlab.data.loading import load_prompts, load_records
+from alignlab.data.records import Message, Messages, messages_to_list, record_to_dict
 from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
 from alignlab.runs import RunFolder
 from alignlab.sampling.select import (
     best_index,
     best_worst_pair,
+    replay_subset,
     rso_accept,
     rso_pairs,
     top_k_indices,
@@ -88,7 +96,16 @@ class SampleConfig(StageConfig):
     rs_top_k: int | None = Field(None, ge=1)
     rs_threshold: float | None = None
     pairs: bool = False
+    pairs_min_gap: float | None = Field(None, ge=0.0)
+    replay: list[DataSettings] = Field(default_factory=list)
+    replay_decay: float = Field(0.5, gt=0.0, le=1.0)
     rso: RSOSettings | list[RSOSettings] | None = None
+
+    @model_validator(mode="after")
+    def _replay_needs_pairs(self):
+        if (self.replay or self.pairs_min_gap is not None) and not self.pairs:
+            raise ValueError("pairs_min_gap and replay act on the best-vs-worst pairs: set pairs: true")
+        return self
 
     @model_validator(mode="after")
     def _rso_names_unique(self):
@@ -163,7 +180,7 @@ def build_sampler(cfg: SampleConfig):
 
 def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
     """best_of_n.jsonl, rs_sft.jsonl, pairs.jsonl (as asked) and the summary."""
-    best, sft, pairs, ties = [], [], [], 0
+    best, sft, pairs, ties, small = [], [], [], 0, 0
     for row in rows:
         scores = [s["score"] for s in row["samples"]]
         texts = [s["text"].strip() for s in row["samples"]]
@@ -175,6 +192,10 @@ def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
                     for i in top_k_indices(scores, cfg.rs_top_k, cfg.rs_threshold)]
         pair = best_worst_pair(scores)
         ties += pair is None
+        if pair is not None and cfg.pairs_min_gap is not None and \
+                scores[pair[0]] - scores[pair[1]] < cfg.pairs_min_gap:
+            small += 1
+            pair = None
         if pair is not None:
             pairs.append({"prompt": row["prompt"], "chosen": texts[pair[0]],
                           "rejected": texts[pair[1]]})
@@ -184,16 +205,34 @@ def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
         write_jsonl_atomic(run.path / "rs_sft.jsonl", sft)
     if cfg.pairs:
         write_jsonl_atomic(run.path / "pairs.jsonl", pairs)
+    if cfg.replay:
+        mixed, kept = with_replay(cfg, pairs)
+        write_jsonl_atomic(run.path / "pairs_with_replay.jsonl", mixed)
     every = [s["score"] for row in rows for s in row["samples"]]
     summary = {"prompts": len(rows), "samples": len(every), "mean_score": sum(every) / len(every),
                "best_of_n_mean_score": sum(r["score"] for r in best) / len(best),
-               "rs_sft_examples": len(sft), "pairs": len(pairs), "pairs_skipped_all_equal": ties}
+               "rs_sft_examples": len(sft), "pairs": len(pairs), "pairs_skipped_all_equal": ties,
+               "pairs_skipped_small_gap": small}
+    if cfg.replay:
+        summary["replayed_pairs"] = kept
     summary.update(monitor_means(rows))
     for rso in cfg.rso_settings():
         made, rso_ties = rso_rows(rso, rows)
         write_jsonl_atomic(run.path / f"{rso.name}_pairs.jsonl", made)
         summary.update({f"{rso.name}_pairs": len(made), f"{rso.name}_ties_skipped": rso_ties})
     return summary
+
+
+def with_replay(cfg: SampleConfig, pairs: list[dict]) -> tuple[list[dict], list[int]]:
+    """This round's pairs followed by each ``replay`` source's pairs (most recent first, age 1, 2,
+    ...) kept with probability ``replay_decay ** age``; and how many each source kept."""
+    mixed, kept = list(pairs), []
+    for age, source in enumerate(cfg.replay, 1):
+        earlier = load_records(source, "pair").records
+        chosen = replay_subset(len(earlier), age, cfg.replay_decay, cfg.generation.seed)
+        mixed += [record_to_dict(earlier[i]) for i in chosen]
+        kept.append(len(chosen))
+    return mixed, kept
 
 
 def monitor_means(rows: list[dict]) -> dict[str, float]:
