@@ -68,3 +68,13 @@ def test_annotator_noise_at_the_gym_temperature_flips_some_labels(tmp_path):
     # gaps of 3 (helpful: correct 2 vs wrong -1) and 4.5 (harmless: 1.5 vs -3) at T = 2:
     # sigma(1.5) = 0.82 and sigma(2.25) = 0.90, so some labels flip but most agree
     assert 0.75 < counts["gold_agreement"] < 0.97
+
+
+def test_annotate_names_the_bad_samples_line(tmp_path):
+    world = _gym(tmp_path, 1.0)
+    _, samples = _samples(tmp_path, world, n=2)
+    samples.write_text(samples.read_text() + json.dumps({"index": 2, "samples": [{"text": "x"}]}) + "\n")
+    cfg = build_stage_config({"stage": "gym-annotate", "out": str(tmp_path / "r"),
+                              "gym": str(tmp_path / "gym"), "samples": str(samples)}, source="test")
+    with pytest.raises(ValueError, match=r"samples\.jsonl:3: samples: need at least two"):
+        run_stage(cfg)

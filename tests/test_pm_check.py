@@ -74,3 +74,15 @@ def test_pm_check_names_the_missing_monitor(tmp_path):
                               "test_monitor": "other"}, source="test")
     with pytest.raises(ValueError, match=r"s\.jsonl:1: samples\[0\]\.monitor has no 'other'"):
         run_stage(cfg)
+
+
+def test_pm_check_names_a_broken_row(tmp_path):
+    path = _samples(tmp_path / "s.jsonl", [[(0.0, 0.0, 0.0), (1.0, 1.0, 1.0)]])
+    path.write_text(path.read_text() + "{not json\n")
+    cfg = build_stage_config({"stage": "pm-check", "out": str(tmp_path / "c"), "samples": str(path)},
+                             source="test")
+    with pytest.raises(ValueError, match=r"s\.jsonl:2: not a sample-stage row"):
+        run_stage(cfg)
+    with pytest.raises(Exception, match="greater than or equal to 1"):
+        build_stage_config({"stage": "pm-check", "out": "o", "samples": "s", "ns": [0, 2]},
+                           source="test")

@@ -35,7 +35,7 @@ import math
 from collections.abc import Sequence
 from itertools import combinations, pairwise
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -51,7 +51,7 @@ class PMCheckConfig(StageConfig):
     samples: str
     test_monitor: str = "test_pm"
     gold_monitor: str | None = "gold"
-    ns: list[int] | None = None
+    ns: list[Annotated[int, Field(ge=1)]] | None = None
     bins: int = Field(5, ge=1)
     histogram_bins: int = Field(20, ge=2)
 
@@ -62,8 +62,10 @@ def read_samples(path: str, test: str, gold: str | None) -> list[dict[str, list[
     for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        samples = row["samples"]
+        try:
+            samples = json.loads(line)["samples"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{line_no}: not a sample-stage row ({exc})") from None
         for j, s in enumerate(samples):
             missing = [m for m in (test, gold) if m and m not in s.get("monitor", {})]
             if missing:

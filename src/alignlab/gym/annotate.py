@@ -61,8 +61,11 @@ def read_candidates(path: str) -> list[tuple[list[dict], str, str]]:
     for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if len(row.get("samples", [])) < 2:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{line_no}: not JSON ({exc})") from None
+        if not isinstance(row, dict) or len(row.get("samples", [])) < 2:
             raise ValueError(f"{path}:{line_no}: samples: need at least two samples per prompt "
                              "(generation.num_samples >= 2 in the sample stage)")
         out.append((row["prompt"], row["samples"][0]["text"].strip(),
