@@ -121,6 +121,9 @@ register("preference", "alignlab.train.preference:PreferenceConfig",
 register("online", "alignlab.rl.trainer:OnlineConfig", "alignlab.rl.trainer:run_online",
          "Online RL from feedback: ppo, rloo, grpo, reinforce_pp, online_dpo or sppo (``algorithm``).",
          output="model")
+register("merge", "alignlab.merging.stage:MergeConfig", "alignlab.merging.stage:run_merge",
+         "Merge fine-tunes of one base: task arithmetic, TIES or DARE-TIES (PAFT's merge).",
+         output="model")
 register("eval", "alignlab.eval.run:EvalConfig", "alignlab.eval.run:run_eval",
          "Generate on held-out prompts and report reward, rates, KL and win rate.")
 register("verify", "alignlab.eval.verify:VerifyConfig", "alignlab.eval.verify:run_verify",
