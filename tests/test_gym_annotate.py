@@ -76,5 +76,5 @@ def test_annotate_names_the_bad_samples_line(tmp_path):
     samples.write_text(samples.read_text() + json.dumps({"index": 2, "samples": [{"text": "x"}]}) + "\n")
     cfg = build_stage_config({"stage": "gym-annotate", "out": str(tmp_path / "r"),
                               "gym": str(tmp_path / "gym"), "samples": str(samples)}, source="test")
-    with pytest.raises(ValueError, match=r"samples\.jsonl:3: samples: need at least two"):
+    with pytest.raises(ValueError, match=r"samples\.jsonl:3: field 'samples': need at least two"):
         run_stage(cfg)

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from alignlab.eval.pm_check import (
     agreement_by_bin,
@@ -16,8 +17,9 @@ from alignlab.stages import build_stage_config, run_stage
 
 def test_bernoulli_kl_by_hand():
     # 0.75 ln(0.75/0.5) + 0.25 ln(0.25/0.5) = 0.304099 - 0.173287
-    assert bernoulli_kl(0.75, 0.5) == pytest.approx(0.130812, abs=1e-6)
-    assert bernoulli_kl(0.3, 0.3) == 0.0
+    assert float(bernoulli_kl(torch.tensor(0.75), torch.tensor(0.5))) == pytest.approx(0.130812,
+                                                                                        abs=1e-6)
+    assert float(bernoulli_kl(torch.tensor(0.3), torch.tensor(0.3))) == 0.0
 
 
 def test_pair_agreement_and_kl_by_hand():
@@ -72,7 +74,7 @@ def test_pm_check_names_the_missing_monitor(tmp_path):
     path = _samples(tmp_path / "s.jsonl", [[(0.0, 0.0, 0.0), (1.0, 1.0, 1.0)]])
     cfg = build_stage_config({"stage": "pm-check", "out": str(tmp_path / "c"), "samples": str(path),
                               "test_monitor": "other"}, source="test")
-    with pytest.raises(ValueError, match=r"s\.jsonl:1: samples\[0\]\.monitor has no 'other'"):
+    with pytest.raises(ValueError, match=r"s\.jsonl:1: field 'samples\[0\]\.monitor': has no 'other'"):
         run_stage(cfg)
 
 
@@ -81,7 +83,7 @@ def test_pm_check_names_a_broken_row(tmp_path):
     path.write_text(path.read_text() + "{not json\n")
     cfg = build_stage_config({"stage": "pm-check", "out": str(tmp_path / "c"), "samples": str(path)},
                              source="test")
-    with pytest.raises(ValueError, match=r"s\.jsonl:2: not a sample-stage row"):
+    with pytest.raises(ValueError, match=r"s\.jsonl:2: not valid JSON"):
         run_stage(cfg)
     with pytest.raises(Exception, match="greater than or equal to 1"):
         build_stage_config({"stage": "pm-check", "out": "o", "samples": "s", "ns": [0, 2]},

@@ -30,16 +30,17 @@ reliability diagram on held-out labelled pairs.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from itertools import combinations, pairwise
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Literal
 
+import torch
 from pydantic import Field
 
 from alignlab.config import StageConfig
+from alignlab.data.sources import iter_jsonl
 from alignlab.eval.best_of_n import best_of_n_curve
 from alignlab.runs import RunFolder
 
@@ -57,20 +58,20 @@ class PMCheckConfig(StageConfig):
 
 
 def read_samples(path: str, test: str, gold: str | None) -> list[dict[str, list[float]]]:
-    """Per prompt: the train-PM scores, the test-PM scores and (if recorded) the gold scores."""
+    """Per prompt: the train-PM scores, the test-PM scores and (if recorded) the gold scores.
+    A row that is not JSON, or lacks the samples or a monitor, is an error naming file:line:field."""
     rows = []
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            samples = json.loads(line)["samples"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{line_no}: not a sample-stage row ({exc})") from None
+    for raw in iter_jsonl(Path(path)):
+        if raw.error is not None:
+            raise raw.error
+        samples = raw.data.get("samples")
+        if not isinstance(samples, list):
+            raise raw.where.error("samples", "expected the sample stage's list of samples")
         for j, s in enumerate(samples):
             missing = [m for m in (test, gold) if m and m not in s.get("monitor", {})]
             if missing:
-                raise ValueError(f"{path}:{line_no}: samples[{j}].monitor has no {missing[0]!r}; "
-                                 "score the samples with it as a monitor of the sample stage")
+                raise raw.where.error(f"samples[{j}].monitor", f"has no {missing[0]!r}; score the "
+                                      "samples with it as a monitor of the sample stage")
         rows.append({"train": [s["score"] for s in samples],
                      "test": [s["monitor"][test] for s in samples],
                      "gold": [s["monitor"][gold] for s in samples] if gold else []})
@@ -79,26 +80,26 @@ def read_samples(path: str, test: str, gold: str | None) -> list[dict[str, list[
     return rows
 
 
-def bernoulli_kl(p: float, q: float, eps: float = 1e-6) -> float:
-    """KL(Bern(p) ‖ Bern(q)) in nats, with both clamped into [eps, 1 − eps]."""
-    p, q = min(max(p, eps), 1 - eps), min(max(q, eps), 1 - eps)
-    return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
-
-
-def sigmoid(x: float) -> float:
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+def bernoulli_kl(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """KL(Bern(p) ‖ Bern(q)) in nats, elementwise, with both clamped into [eps, 1 − eps]."""
+    p, q = p.clamp(eps, 1 - eps), q.clamp(eps, 1 - eps)
+    return p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
 
 
 def pair_stats(rows: Sequence[dict]) -> list[tuple[float, float, bool]]:
-    """Per within-prompt sample pair: (mean train score, KL of the preference probabilities, agree)."""
+    """Per within-prompt sample pair (i < j): (mean train score, KL of the two PMs' preference
+    probabilities σ(r_i − r_j), whether both PMs prefer the same sample; equal scores agree only
+    with equal scores)."""
     out = []
     for row in rows:
-        train, test = row["train"], row["test"]
-        for i, j in combinations(range(len(train)), 2):
-            d_train, d_test = train[i] - train[j], test[i] - test[j]
-            agree = (d_train > 0) == (d_test > 0) if d_train and d_test else d_train == d_test
-            out.append(((train[i] + train[j]) / 2,
-                        bernoulli_kl(sigmoid(d_train), sigmoid(d_test)), agree))
+        train = torch.tensor(row["train"], dtype=torch.float64)
+        test = torch.tensor(row["test"], dtype=torch.float64)
+        i, j = torch.triu_indices(len(train), len(train), offset=1)
+        d_train, d_test = train[i] - train[j], test[i] - test[j]
+        decided = (d_train != 0) & (d_test != 0)
+        agree = torch.where(decided, (d_train > 0) == (d_test > 0), d_train == d_test)
+        kl = bernoulli_kl(torch.sigmoid(d_train), torch.sigmoid(d_test))
+        out += zip(((train[i] + train[j]) / 2).tolist(), kl.tolist(), agree.tolist())
     return out
 
 

@@ -34,6 +34,7 @@ from pydantic import Field
 from alignlab.config import DataSettings, StageConfig
 from alignlab.data.loading import load_records
 from alignlab.data.records import Message, record_to_dict
+from alignlab.data.sources import iter_jsonl
 from alignlab.gym.annotators import Annotator, utility
 from alignlab.gym.corpus import task_for_annotator
 from alignlab.gym.gold import score_task
@@ -56,20 +57,17 @@ class AnnotateConfig(StageConfig):
 
 
 def read_candidates(path: str) -> list[tuple[list[dict], str, str]]:
-    """(prompt messages, sample A, sample B) from each ``samples.jsonl`` row with two samples."""
+    """(prompt messages, sample A, sample B) from each ``samples.jsonl`` row with two samples;
+    anything else is an error naming file:line:field."""
     out = []
-    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{line_no}: not JSON ({exc})") from None
-        if not isinstance(row, dict) or len(row.get("samples", [])) < 2:
-            raise ValueError(f"{path}:{line_no}: samples: need at least two samples per prompt "
-                             "(generation.num_samples >= 2 in the sample stage)")
-        out.append((row["prompt"], row["samples"][0]["text"].strip(),
-                    row["samples"][1]["text"].strip()))
+    for raw in iter_jsonl(Path(path)):
+        if raw.error is not None:
+            raise raw.error
+        samples = raw.data.get("samples")
+        if not isinstance(samples, list) or len(samples) < 2:
+            raise raw.where.error("samples", "need at least two samples per prompt "
+                                  "(generation.num_samples >= 2 in the sample stage)")
+        out.append((raw.data["prompt"], samples[0]["text"].strip(), samples[1]["text"].strip()))
     return out
 
 
