@@ -176,15 +176,21 @@ def best_worst_pairs(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([base + best[keep], base + worst[keep]], 1).flatten()
 
 
+def choose_pairs(exp: Experience, values: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Best-vs-worst pairs of each group by ``values`` into ``exp.extra['pairs']``; the order and
+    the pair count, the tied groups and the mean gap of ``values`` within the pairs."""
+    order = best_worst_pairs(values, exp.k)
+    exp.extra["pairs"] = order
+    n_pairs = len(order) // 2
+    gap = (values[order[0::2]] - values[order[1::2]]).mean() if len(order) else 0.0
+    return order, {"pairs": n_pairs, "tied_groups": len(exp) // exp.k - n_pairs, "gap": float(gap)}
+
+
 def prepare_online_dpo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
     """Choose the pairs; ``exp.extra['pairs']`` holds the row order (chosen, rejected, ...)."""
     exp.kl = token_kl(exp, rl)
-    order = best_worst_pairs(exp.scores, exp.k)
-    exp.extra["pairs"] = order
-    n_groups = len(exp) // exp.k
-    gap = (exp.scores[order[0::2]] - exp.scores[order[1::2]]).mean() if len(order) else 0.0
-    return {"pairs": len(order) // 2, "tied_groups": n_groups - len(order) // 2,
-            "pair_score_gap": float(gap)}
+    _, metrics = choose_pairs(exp, exp.scores)
+    return {**metrics, "pair_score_gap": metrics.pop("gap")}
 
 
 def online_dpo_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
@@ -232,13 +238,9 @@ def prepare_sppo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, floa
     score the same give no pair."""
     exp.kl = token_kl(exp, rl)
     win = sppo_win_rates(exp.scores, exp.k)
-    order = best_worst_pairs(win, exp.k)
-    exp.extra["pairs"] = order
+    order, metrics = choose_pairs(exp, win)
     exp.targets = sppo_targets(win, order, rl.sppo_eta, rl.sppo_mode)
-    n_groups = len(exp) // exp.k
-    gap = (win[order[0::2]] - win[order[1::2]]).mean() if len(order) else 0.0
-    return {"pairs": len(order) // 2, "tied_groups": n_groups - len(order) // 2,
-            "win_rate_gap": float(gap)}
+    return {**metrics, "win_rate_gap": metrics.pop("gap")}
 
 
 def sppo_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
