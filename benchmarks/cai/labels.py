@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alignlab.data.records import Message
+from alignlab.data.records import messages_from_list
 from alignlab.feedback.labeling import label_stats
 from alignlab.gym import load_gym
 
@@ -46,7 +46,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def prompt_of(row: dict):
-    return tuple(Message(m["role"], m["content"]) for m in row["prompt"])
+    return messages_from_list(row["prompt"])
 
 
 def gold_truth(gym, row: dict) -> float:

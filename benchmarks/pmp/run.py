@@ -43,6 +43,7 @@ TRAIN = {"learning_rate": 1e-3, "batch_size": 32, "max_length": 96, "max_prompt_
 
 def prepare(out: Path) -> None:
     """The forum for the league gym's world and the gold-labelled held-out pairs."""
+    from alignlab.data.records import messages_from_list
     from alignlab.gym import load_gym
     from alignlab.gym.forum import write_forum
 
@@ -54,7 +55,7 @@ def prepare(out: Path) -> None:
         rows, ties = [], 0
         for line in (Path(GYM) / "data" / "prefs_eval.jsonl").read_text().splitlines():
             row = json.loads(line)
-            prompt = tuple(_message(m) for m in row["prompt"])
+            prompt = messages_from_list(row["prompt"])
             a, b = (gym.score(prompt, row[k]).reward for k in ("chosen", "rejected"))
             ties += a == b
             if a != b:
@@ -86,12 +87,6 @@ def split_forum(out: Path, train: int = 2500) -> None:
     (out / "forum_eval_gold.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gold))
     print(f"forum: {train} training questions ({len(binary)} good-vs-bad pairs), "
           f"{len(gold)} held-out gold pairs")
-
-
-def _message(m: dict):
-    from alignlab.data.records import Message
-
-    return Message(m["role"], m["content"])
 
 
 def recipe(out: Path) -> dict:
@@ -151,14 +146,14 @@ def collect(out: Path) -> dict:
 def split_accuracy(out: Path) -> dict:
     """Each fine-tuned PM's gold-pair accuracy on benign and on harmful prompts separately (the
     forum has only benign questions, so that is where PMP could help)."""
-    from alignlab.data.records import Message
+    from alignlab.data.records import messages_from_list
     from alignlab.eval.winrate import load_reward_judge
     from alignlab.gym import load_gym
     from alignlab.gym.world import parse_prompt
 
     gym = load_gym(GYM)
     pairs = [json.loads(line) for line in (out / "prefs_eval_gold.jsonl").read_text().splitlines()]
-    prompts = [tuple(Message(m["role"], m["content"]) for m in p["prompt"]) for p in pairs]
+    prompts = [messages_from_list(p["prompt"]) for p in pairs]
     harmful = [parse_prompt(gym.world, p).harmful for p in prompts]
     table = {}
     for start in STARTS:

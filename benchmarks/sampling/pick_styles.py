@@ -13,7 +13,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from alignlab.data.records import Message
+from alignlab.data.records import messages_from_list
 from alignlab.gym import load_gym
 
 
@@ -23,7 +23,7 @@ def style_mix(samples_path: str, gym_path: str) -> dict[str, dict[str, float]]:
     every, picks = Counter(), Counter()
     for line in Path(samples_path).read_text().splitlines():
         row = json.loads(line)
-        prompt = tuple(Message(m["role"], m["content"]) for m in row["prompt"])
+        prompt = messages_from_list(row["prompt"])
         samples = row["samples"]
         styles = [gym.score(prompt, s["text"]).style for s in samples]
         every.update(styles)

@@ -73,6 +73,12 @@ def messages_to_list(messages: Messages) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
+def messages_from_list(items: list[dict[str, str]]) -> Messages:
+    """The inverse of :func:`messages_to_list` (for rows this project wrote; user data goes through
+    the readers, which check every field)."""
+    return tuple(Message(m["role"], m["content"]) for m in items)
+
+
 def record_to_dict(record: Record) -> dict[str, Any]:
     """The canonical JSON form of a record (the ``alignlab`` format)."""
     if isinstance(record, Conversation):

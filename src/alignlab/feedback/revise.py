@@ -44,6 +44,7 @@ from alignlab.data.records import (
     Message,
     Messages,
     PreferencePair,
+    messages_from_list,
     messages_to_list,
     record_to_dict,
 )
@@ -202,7 +203,7 @@ class Reviser:
 
 
 def _prompt_of(row: dict) -> Messages:
-    return tuple(Message(m["role"], m["content"]) for m in row["prompt"])
+    return messages_from_list(row["prompt"])
 
 
 def sft_records(rows: Sequence[dict]) -> list[dict]:

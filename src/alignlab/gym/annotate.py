@@ -33,7 +33,7 @@ from pydantic import Field
 
 from alignlab.config import DataSettings, StageConfig
 from alignlab.data.loading import load_records
-from alignlab.data.records import Message, record_to_dict
+from alignlab.data.records import messages_from_list, record_to_dict
 from alignlab.data.sources import iter_jsonl
 from alignlab.gym.annotators import Annotator, utility
 from alignlab.gym.corpus import task_for_annotator
@@ -89,7 +89,7 @@ def annotate(cfg: AnnotateConfig) -> tuple[list[dict], dict]:
     counts = {"same_text_skipped": 0, "gold_ties_skipped": 0, "gold_agree": 0, "gold_decided": 0,
               "helpful": 0, "harmless": 0}
     for prompt, a, b in candidates:
-        messages = tuple(Message(m["role"], m["content"]) for m in prompt)
+        messages = messages_from_list(prompt)
         task = parse_prompt(gym.world, messages)
         kind = task_for_annotator(task)
         if counts[kind] >= want[kind]:

@@ -58,7 +58,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from alignlab.data.records import Conversation, Message, Messages, record_to_dict
+from alignlab.data.records import (
+    Conversation,
+    Message,
+    Messages,
+    messages_from_list,
+    record_to_dict,
+)
 from alignlab.feedback.constitution import Constitution, Principle, load_constitution
 from alignlab.feedback.prompts import (
     ANSWER_PREFIX,
@@ -309,7 +315,7 @@ def read_prompts(path: Path) -> list[Messages]:
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         try:
             row = json.loads(line)
-            prompts.append(tuple(Message(m["role"], m["content"]) for m in row["prompt"]))
+            prompts.append(messages_from_list(row["prompt"]))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{n}: field 'prompt': not a gym prompt row ({exc})") from None
     return prompts

@@ -55,7 +55,7 @@ from alignlab.config import (
     StrictModel,
 )
 from alignlab.data.loading import load_prompts, load_records
-from alignlab.data.records import Message, Messages, messages_to_list, record_to_dict
+from alignlab.data.records import Messages, messages_from_list, messages_to_list, record_to_dict
 from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
 from alignlab.runs import RunFolder
 from alignlab.sampling.select import (
@@ -119,10 +119,6 @@ class SampleConfig(StageConfig):
         if self.rso is None:
             return []
         return self.rso if isinstance(self.rso, list) else [self.rso]
-
-
-def prompt_from_row(row: dict) -> Messages:
-    return tuple(Message(m["role"], m["content"]) for m in row["prompt"])
 
 
 def sample_rows(generator, scorer, monitors, prompts: Sequence[Messages], indices: Sequence[int],
@@ -285,7 +281,7 @@ def check_rows(job: JsonlJob, prompts: list[Messages], num_samples: int) -> None
     """Refuse to resume from rows made for other prompts or another N."""
     for row in job.rows:
         i = int(row["index"])
-        if i >= len(prompts) or prompt_from_row(row) != prompts[i] or \
+        if i >= len(prompts) or messages_from_list(row["prompt"]) != prompts[i] or \
                 len(row["samples"]) != num_samples:
             raise ValueError(f"{job.path}: the row for prompt {i} was made for other prompts or "
                              "another num_samples; use a new out folder")
