@@ -84,8 +84,8 @@ def test_sample_scores_selects_and_resumes_without_regenerating(tmp_path, monkey
 
 
 def test_named_rso_sets_each_get_their_file(tmp_path):
-    """A list of named RSO settings writes one pair file each: beta -> 0 pairs the two best samples;
-    duplicate names are refused when the config is read."""
+    """A list of named RSO settings writes one pair file each: beta -> 0 pairs the two best samples,
+    stripped like every selected text; duplicate names are refused when the config is read."""
     import pytest
 
     from alignlab.runs import RunFolder
@@ -95,7 +95,8 @@ def test_named_rso_sets_each_get_their_file(tmp_path):
     raw["rso"] = [{"name": "greedy", "beta": 1e-6, "num": 2}, {"name": "sft_rank", "beta": 1e9}]
     cfg = build_stage_config(raw, source="test")
     rows = [{"index": 0, "prompt": [{"role": "user", "content": "q"}],
-             "samples": [{"text": t, "score": s} for t, s in [("lo", 0.0), ("hi", 3.0), ("mid", 2.0)]]}]
+             "samples": [{"text": t, "score": s}  # decoded samples start with the template's space
+                         for t, s in [(" lo", 0.0), (" hi", 3.0), (" mid\n", 2.0)]]}]
     summary = write_outputs(cfg, RunFolder(tmp_path / "out"), rows)
     greedy = _rows(tmp_path / "out" / "greedy_pairs.jsonl")
     assert [(p["chosen"], p["rejected"]) for p in greedy] == [("hi", "mid")]

@@ -250,12 +250,13 @@ def rso_rows(settings: RSOSettings, rows: list[dict]) -> tuple[list[dict], int]:
     out, ties = [], 0
     for row in rows:
         scores = [s["score"] for s in row["samples"]]
+        texts = [s["text"].strip() for s in row["samples"]]
         accepted = rso_accept(scores, settings.beta, settings.num,
                               seed=settings.seed * 1_000_003 + row["index"])
         pairs, skipped = rso_pairs(scores, accepted, settings.ranking)
         ties += skipped
-        out += [{"prompt": row["prompt"], "chosen": row["samples"][a]["text"],
-                 "rejected": row["samples"][b]["text"]} for a, b in pairs]
+        out += [{"prompt": row["prompt"], "chosen": texts[a], "rejected": texts[b]}
+                for a, b in pairs]
     return out, ties
 
 
