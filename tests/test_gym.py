@@ -183,7 +183,7 @@ def test_eval_prompts_held_out_from_all_training_data(world, data):
     assert len(data["eval_prompts"]) >= 1000 and len(set(data["eval_prompts"])) == len(data["eval_prompts"])
     held_out = {p[-1].content for p in data["eval_prompts"]}
     train_requests = {c.messages[-2].content for c in data["base_corpus"] + data["sft"]}
-    for name in ("prefs", "prefs_soft", "binary", "ranked"):
+    for name in ("prefs", "prefs_soft", "binary", "ranked", "rated"):
         train_requests |= {r.prompt[-1].content for r in data[name]}
     assert not held_out & train_requests
     assert {r.prompt for r in data["prefs_eval"]} <= set(data["eval_prompts"])

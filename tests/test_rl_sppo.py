@@ -28,14 +28,16 @@ def test_targets_soft_and_hard():
     assert sppo_targets(win, order, 2.0, "hard").tolist() == pytest.approx([-1.0, 1.0, 0.0])
 
 
-def _experience(logp_rows, ref_rows, scores, k):
+def _experience(logp_rows, ref_rows, scores, k, opponent=None):
+    """An experience of 1-token-per-column rows (``opponent``: 1 on an opponent's rows)."""
     logp = torch.tensor(logp_rows)
     mask = torch.ones_like(logp)
     where = ResponseIndex(torch.zeros_like(logp, dtype=torch.long), mask)
     batch = {"input_ids": torch.zeros(len(logp_rows), 4, dtype=torch.long),
              "attention_mask": torch.ones(len(logp_rows), 4, dtype=torch.long)}
     return Experience(batch=batch, where=where, old_logp=logp, ref_logp=torch.tensor(ref_rows),
-                      scores=torch.tensor(scores), k=k)
+                      scores=torch.tensor(scores), k=k,
+                      opponent=None if opponent is None else torch.tensor(opponent))
 
 
 @pytest.mark.parametrize("mode,expected", [("soft", 0.125), ("hard", 1.25)])
@@ -47,7 +49,7 @@ def test_loss_by_hand(mode, expected):
                       [0.0, math.log(3)], 2)
     metrics = prepare_sppo(exp, RLSettings(sppo_eta=2.0, sppo_mode=mode), beta=0.0)
     assert metrics["pairs"] == 1 and metrics["win_rate_gap"] == pytest.approx(0.25)
-    pair = exp.select(exp.extra["pairs"])
+    pair = exp.select(exp.extra["units"])
     loss, parts = sppo_loss(pair.old_logp, pair, ctx=None)
     assert float(loss) == pytest.approx(expected)
     assert float(parts["log_ratio/winner"]) == pytest.approx(0.5)

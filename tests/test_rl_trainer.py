@@ -153,7 +153,8 @@ def test_first_online_dpo_step_is_log2_per_pair(tiny_model, prompt_file, reward_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo", "sppo"])
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo", "sppo",
+                                       "nash_md", "xpo"])
 def test_every_algorithm_learns_a_rule_reward(tiny_model, prompt_file, reward_fn, tmp_path,  # noqa: F811
                                               algorithm):
     # reward: share of 'a' among 6 sampled characters; a random tiny model starts near 1/45.

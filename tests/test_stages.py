@@ -75,9 +75,11 @@ def test_a_registered_stage_validates_its_own_config(count_stage, tmp_path):
 
 
 def test_the_cli_has_a_command_per_registered_stage():
-    from alignlab.cli import app, cai_app
+    from alignlab.cli import app, cai_app, redteam_app
 
-    words = {c.name for c in app.registered_commands} | {f"cai {c.name}" for c in cai_app.registered_commands}
+    words = ({c.name for c in app.registered_commands}
+             | {f"cai {c.name}" for c in cai_app.registered_commands}
+             | {f"redteam {c.name}" for c in redteam_app.registered_commands})
     for stage in stages.STAGES.values():
         if stage.command:
             assert " ".join(stage.command) in words, stage.name

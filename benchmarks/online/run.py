@@ -1,5 +1,5 @@
-"""Online RL league in the gym: PPO, RLOO, GRPO, REINFORCE++ and online DPO from the same SFT model,
-trained against the same reward model, with the same sample budget.
+"""Online RL league in the gym: PPO, RLOO, GRPO, REINFORCE++, online DPO, SPPO, Nash-MD and XPO from
+the same SFT model, trained against the same reward model, with the same sample budget.
 
     python benchmarks/online/run.py                 # build (resumable: finished stages are skipped)
     python benchmarks/online/run.py --only grpo     # one algorithm (and what it depends on)
@@ -8,7 +8,8 @@ trained against the same reward model, with the same sample budget.
 Pipeline: the league's gym (420 pretraining steps) and SFT model; a reward model trained from the SFT
 model on the gym's 4000 simulated (noisy, 75 % gold agreement) preference pairs; then each algorithm
 for ITERATIONS iterations of 64 sampled completions (16 prompts x 4 samples; PPO and REINFORCE++,
-which need no group, 64 prompts x 1 sample), 48 new tokens at T = 1, scored by the reward model (the
+which need no group, 64 prompts x 1 sample; Nash-MD and XPO, 32 prompts x (1 policy sample + 1
+opponent sample)), 48 new tokens at T = 1, scored by the reward model (the
 gym's gold reward is only monitored). Evaluation as in the league: 600 held-out prompts, KL to SFT.
 """
 
@@ -39,8 +40,14 @@ ENTRIES: list[tuple[str, str, int, int, float, dict, dict]] = [
     ("grpo", "grpo", 16, 4, 5e-5, {"kl_coef": 0.1}, {}),
     ("reinforce_pp", "reinforce_pp", 64, 1, 5e-5, {"kl_coef": 0.1}, {}),
     ("online_dpo", "online_dpo", 16, 4, 5e-5, {}, {"loss": [{"name": "dpo", "beta": 0.1}]}),
-    # three SPPO iterations of 10 updates each: the reference moves to the policy every 10
-    ("sppo", "sppo", 16, 4, 5e-5, {"sppo_eta": 10.0, "ref_sync_every": 10}, {}),
+    # three SPPO iterations of 10 updates each: the reference moves to the policy every 10; the live
+    # policy answers 300 held-out prompts after each iteration (gold reward per iteration)
+    ("sppo", "sppo", 16, 4, 5e-5, {"sppo_eta": 10.0, "ref_sync_every": 10},
+     {"eval_prompts": {"path": "${gym.output}/data/eval_prompts.jsonl", "limit": 300},
+      "train": {"eval_every": 10}}),
+    # one policy sample and one opponent sample per prompt: 64 completions per iteration as above
+    ("nash_md", "nash_md", 32, 1, 5e-5, {"kl_coef": 0.1, "mixture_coef": 0.5}, {}),
+    ("xpo", "xpo", 32, 1, 5e-5, {"xpo_alpha": 1e-5}, {"loss": [{"name": "dpo", "beta": 0.1}]}),
 ]
 
 
@@ -61,7 +68,8 @@ def online_stage(name, algorithm, prompts, k, lr, rl, extra) -> dict:
             "reward": [{"kind": "reward_model", "path": "${rm.output}"}],
             "monitor": [{"kind": "gym_gold", "gym": "${gym.output}", "name": "gold"}],
             "generation": {**GENERATION, "num_samples": k},
-            "train": {**TRAIN, "learning_rate": lr, "batch_size": prompts}, "rl": rl, **extra}
+            "train": {**TRAIN, "learning_rate": lr, "batch_size": prompts, **extra.get("train", {})},
+            "rl": rl, **{k: v for k, v in extra.items() if k != "train"}}
 
 
 def with_proxy(stage: dict) -> dict:

@@ -12,6 +12,8 @@
     alignlab label --config label.yaml [key.sub=value ...]        (AI preference labels)
     alignlab distill --config distill.yaml [key.sub=value ...]    (context distillation)
     alignlab synth --config synth.yaml [key.sub=value ...]        (self-instruct / templating)
+    alignlab redteam run --config redteam.yaml [key.sub=value ...] (attack, judge, report; exit 1 over fail_above)
+    alignlab redteam compare RUN_A RUN_B [--group category]       (ASR difference and its p-value)
     alignlab stages                                       (the registered stages)
     alignlab run recipe.yaml [key.sub=value ...]
     alignlab quickstart [--out DIR]
@@ -34,6 +36,7 @@ import typer
 
 from alignlab.config import ConfigError
 from alignlab.data.errors import RecordError
+from alignlab.runs import GateFailed
 from alignlab.stages import STAGES, load_stage_config, run_stage, stages_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -42,6 +45,9 @@ gym_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The alig
 app.add_typer(gym_app, name="gym")
 cai_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Constitutional AI.")
 app.add_typer(cai_app, name="cai")
+redteam_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                          help="Red-teaming: attack, judge, report, compare.")
+app.add_typer(redteam_app, name="redteam")
 
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="YAML config for this stage.")
 OVERRIDES_ARG = typer.Argument(None, help="Overrides as key.sub=value.")
@@ -61,6 +67,9 @@ def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[l
         output = run_stage(cfg)
     except (ConfigError, RecordError, FileNotFoundError, ConstitutionError, JudgeError) as exc:
         _fail(str(exc))
+    except GateFailed as exc:
+        typer.secho(f"gate failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from None
     typer.echo(f"{stage}: done → {output}")
 
 
@@ -78,7 +87,7 @@ def _stage_command(stage: str):
 
 def _register_stage_commands() -> None:
     """One command per registered stage (``alignlab.stages``), under its group when it has one."""
-    groups = {"cai": cai_app}
+    groups = {"cai": cai_app, "redteam": redteam_app}
     for stage in STAGES.values():
         if stage.command is None:
             continue
@@ -88,6 +97,21 @@ def _register_stage_commands() -> None:
 
 
 _register_stage_commands()
+
+
+@redteam_app.command("compare")
+def redteam_compare(a: Path = typer.Argument(..., help="First red-team run folder."),
+                    b: Path = typer.Argument(..., help="Second red-team run folder."),
+                    group: Optional[str] = typer.Option(
+                        None, help="Also compare per group: target, method or category.")) -> None:
+    """Tell two red-team runs apart: ASR difference (B − A) and its significance."""
+    from alignlab.redteam.compare import compare_folders, comparison_markdown
+
+    try:
+        result = compare_folders(a, b, group)
+    except (FileNotFoundError, RecordError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(comparison_markdown(result))
 
 
 @app.command()

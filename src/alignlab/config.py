@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -62,7 +62,7 @@ class LoraSettings(StrictModel):
     r: int = Field(8, ge=1, le=1024)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: Union[str, list[str]] = "all-linear"
+    target_modules: str | list[str] = "all-linear"
 
 
 class ModelSettings(StrictModel):
@@ -171,7 +171,7 @@ class JudgeSettings(StrictModel):
     max_length: int = Field(1024, ge=16)
 
     @model_validator(mode="after")
-    def _check_source(self) -> "JudgeSettings":
+    def _check_source(self) -> JudgeSettings:
         if self.kind in ("local", "reward_model") and self.model is None:
             raise ValueError(f"judge kind {self.kind!r} needs 'model'")
         if self.kind == "http" and not self.url:
@@ -179,6 +179,36 @@ class JudgeSettings(StrictModel):
         if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
             raise ValueError("api_key_env is the NAME of an environment variable (e.g. OPENAI_API_KEY), "
                              "not the key itself")
+        return self
+
+
+class SelfRewardSettings(StrictModel):
+    """The self-rewarding judge (``kind: self_reward``; Yuan et al. 2024, "Self-Rewarding Language
+    Models", sec. 2.1 and Fig. 2; see :mod:`alignlab.feedback.self_reward`).
+
+    ``mode``: ``parse`` samples ``judgements`` rubric judgements (``temperature``, ``top_p``,
+    ``max_new_tokens``, ``seed``) and averages the parsed ``Score: N`` values (the paper);
+    ``digits`` reads the probabilities of the digits 0..5 after ``Score:`` in one forward and
+    takes the expected score (ours; deterministic, so ``judgements`` must be 1). Judge contexts
+    longer than ``max_length`` tokens keep their end. ``fallback``: the score of a response none of
+    whose judgements parsed (default: none — the sample stage leaves it out of every selection;
+    the online stage needs a number, e.g. 0).
+    """
+
+    mode: Literal["parse", "digits"] = "parse"
+    judgements: int = Field(3, ge=1)
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, ge=1)
+    max_length: int = Field(1024, ge=16)
+    fallback: float | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _digits_is_one_forward(self) -> SelfRewardSettings:
+        if self.mode == "digits" and self.judgements != 1:
+            raise ValueError("self_reward mode 'digits' is deterministic (one forward): set "
+                             f"judgements: 1, got {self.judgements}")
         return self
 
 
@@ -191,7 +221,9 @@ class ScorerSettings(StrictModel):
     the gym's true reward), ``function`` (``function``: ``"module:callable"`` taking (prompt messages,
     completion text) and returning a float), ``self_judge`` (the live policy asked ``template``
     and scored by the probability it gives to ``yes`` over ``no``; Yuan et al. 2024, "Self-Rewarding
-    Language Models", as a pointwise judge) or ``judge`` (direct RLAIF, Lee et al. 2024: the feedback
+    Language Models", as a pointwise judge), ``self_reward`` (the same paper's additive 5-point
+    rubric, judged by the model at ``path`` or, without one, by the policy; ``self_reward:`` holds
+    its :class:`SelfRewardSettings`) or ``judge`` (direct RLAIF, Lee et al. 2024: the feedback
     model ``judge`` answers the ``constitution``'s rating question and the score is the expected
     rating under its option probabilities, scaled to [0, 1]), ``verifier`` (``path``: an ORM or PRM
     folder from ``alignlab orm`` / ``prm``; one score per completion) or ``prm`` (``path``: a PRM
@@ -201,7 +233,8 @@ class ScorerSettings(StrictModel):
     score, so an extra step never earns more.
     """
 
-    kind: Literal["reward_model", "gym_gold", "function", "self_judge", "judge", "verifier", "prm"]
+    kind: Literal["reward_model", "gym_gold", "function", "self_judge", "self_reward", "judge",
+                  "verifier", "prm"]
     weight: float = 1.0
     name: str | None = None
     path: str | None = None
@@ -209,18 +242,24 @@ class ScorerSettings(StrictModel):
     function: str | None = None
     template: str | None = None
     judge: JudgeSettings | None = None
+    self_reward: SelfRewardSettings | None = None
     constitution: str = "default"
     step_reward: Literal["prob", "log_prob"] = "prob"
     batch_size: int = Field(32, ge=1)
 
     @model_validator(mode="after")
-    def _check_source(self) -> "ScorerSettings":
+    def _check_source(self) -> ScorerSettings:
         needed = {"reward_model": "path", "gym_gold": "gym", "function": "function",
                   "judge": "judge", "verifier": "path", "prm": "path"}.get(self.kind)
         if needed and getattr(self, needed) is None:
             raise ValueError(f"reward kind {self.kind!r} needs {needed!r}")
         if self.kind == "function" and ":" not in (self.function or ""):
             raise ValueError(f"function must be 'module:callable', got {self.function!r}")
+        if self.self_reward is not None and self.kind != "self_reward":
+            raise ValueError(f"'self_reward' settings belong to kind 'self_reward', not {self.kind!r}")
+        if self.kind == "self_reward" and self.template is not None and \
+                not all(k in self.template for k in ("{prompt}", "{response}")):
+            raise ValueError("a self_reward template needs {prompt} and {response}")
         return self
 
 

@@ -21,6 +21,11 @@ from pydantic import BaseModel
 from alignlab.config import dump_config
 
 
+class GateFailed(RuntimeError):
+    """A stage finished and wrote its outputs, but a quality gate it was given failed (e.g. the
+    red-team attack success rate above ``fail_above``); the command exits with code 1."""
+
+
 class RunFolder:
     """A stage's output folder; creating one writes the resolved config."""
 

@@ -118,9 +118,16 @@ register("preference", "alignlab.train.preference:PreferenceConfig",
          "alignlab.train.preference:run_preference",
          "Offline preference optimisation with any registered objective (same stage as ``dpo``).",
          output="model")
-register("online", "alignlab.rl.trainer:OnlineConfig", "alignlab.rl.trainer:run_online",
-         "Online RL from feedback: ppo, rloo, grpo, reinforce_pp, online_dpo or sppo (``algorithm``).",
+register("dro", "alignlab.train.dro:DROConfig", "alignlab.train.dro:run_dro",
+         "DRO: offline regularised RL on rated single responses (policy + value model).",
          output="model")
+register("online", "alignlab.rl.trainer:OnlineConfig", "alignlab.rl.trainer:run_online",
+         "Online RL from feedback: ppo, rloo, grpo, reinforce_pp, online_dpo, sppo, nash_md or xpo "
+         "(``algorithm``).",
+         output="model")
+register("redteam", "alignlab.redteam.stage:RedteamConfig", "alignlab.redteam.stage:run_redteam",
+         "Red-teaming: attacks (files or a red LM) against a target, judged; ASR report and gate.",
+         command=("redteam", "run"))
 register("merge", "alignlab.merging.stage:MergeConfig", "alignlab.merging.stage:run_merge",
          "Merge fine-tunes of one base: task arithmetic, TIES or DARE-TIES (PAFT's merge).",
          output="model")

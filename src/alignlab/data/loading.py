@@ -123,13 +123,15 @@ def convert(item: Item, kind: str, where: Location, notes: Counter) -> list[Reco
 
 
 def open_rows(settings: DataSettings, readers: Mapping[str, AnyReader] = READERS,
-              detect: Detector = detect_format) -> tuple[str, AnyReader, Iterator[RawRow]]:
+              detect: Detector = detect_format, rows: Iterator[RawRow] | None = None
+              ) -> tuple[str, AnyReader, Iterator[RawRow]]:
     """The format name, its reader and the row iterator (auto-detected from the first good row).
 
     ``readers`` maps format names to readers and ``detect`` picks one from a row (default: the
     record formats of :mod:`alignlab.data.readers`; :mod:`alignlab.data.step_readers` passes its
-    own)."""
-    rows = iter_rows(settings.path, settings.split)
+    own). ``rows``: rows a caller has opened itself (e.g. a CSV file), instead of
+    ``settings.path``'s."""
+    rows = iter_rows(settings.path, settings.split) if rows is None else rows
     if settings.format != "auto":
         if settings.format not in readers:
             raise DataSourceError(settings.path, f"unknown format {settings.format!r}; expected "
@@ -146,10 +148,10 @@ def open_rows(settings: DataSettings, readers: Mapping[str, AnyReader] = READERS
 
 def read_items(settings: DataSettings, to_records: Callable[[Any, Location, Counter], list[Any]],
                readers: Mapping[str, AnyReader] = READERS, detect: Detector = detect_format,
-               ) -> LoadedData:
+               rows: Iterator[RawRow] | None = None) -> LoadedData:
     """Read every row, map it with ``to_records``, apply ``on_bad_record``, ``offset`` and ``limit``
-    (``readers`` and ``detect`` as in :func:`open_rows`)."""
-    fmt, reader, rows = open_rows(settings, readers, detect)
+    (``readers``, ``detect`` and ``rows`` as in :func:`open_rows`)."""
+    fmt, reader, rows = open_rows(settings, readers, detect, rows)
     out = LoadedData([], BadRecordLog(), settings.path, fmt)
     notes: Counter = Counter()
     for raw in rows:

@@ -13,6 +13,10 @@ Layout written by :func:`build_gym`::
     data/eval_prompts.jsonl  prompt-only records, the held-out eval pool
     data/binary.jsonl     unpaired desirable/undesirable feedback (BinaryFeedback)
     data/ranked.jsonl     4 responses per prompt with noisy scores (RankedList)
+    data/rated.jsonl      one response per prompt with the annotator's noisy rating (DRO's data,
+                          :class:`~alignlab.data.rated.RatedResponse`)
+    data/attacks.jsonl    the eval pool's harmful requests with their categories (red-teaming,
+                          :mod:`alignlab.gym.redteam`); attacks_train.jsonl: the train pool's
     data/w2s/             weak-to-strong task data (see :mod:`alignlab.gym.w2s_data`)
     data/forum.jsonl      vote-scored Q&A for preference-model pretraining (:mod:`alignlab.gym.forum`)
     base_model/           an ordinary HF folder (LlamaForCausalLM + tokenizer, safetensors)
@@ -34,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from alignlab.data.rated import rated_to_dict
 from alignlab.data.records import Conversation, Messages, messages_to_list, record_to_dict
 from alignlab.gym import corpus as C
 from alignlab.gym.annotators import (
@@ -46,12 +51,13 @@ from alignlab.gym.forum import write_forum
 from alignlab.gym.gold import gold_table_markdown, is_harmless, is_helpful, score
 from alignlab.gym.prompts import make_prompt_pools
 from alignlab.gym.reasoning import write_reasoning_data
+from alignlab.gym.redteam import attack_rows
 from alignlab.gym.tokenizer import render_messages
 from alignlab.gym.w2s_data import write_w2s_data
 from alignlab.gym.world import World, generate_world
 
 SIZES = {"train_pool": 4400, "eval_pool": 1200, "base_corpus": 12000, "fact_repeats": 30,
-         "sft": 2000, "prefs": 4000, "prefs_eval": 600, "binary": 2000, "ranked": 1000,
+         "sft": 2000, "prefs": 4000, "prefs_eval": 600, "binary": 2000, "ranked": 1000, "rated": 4000,
          "sample_check": 400, "ladder_check": 200}
 TARGET_AGREEMENT = 0.75
 
@@ -72,7 +78,8 @@ def corpus_texts(world: World, transcripts: Sequence[Conversation]) -> list[str]
 
 def make_feedback(rng: random.Random, world: World, train: list[Messages], evals: list[Messages],
                   length_bias: float) -> dict[str, Any]:
-    """Preference pairs (train + held-out), calibrated annotator, binary and ranked data."""
+    """Preference pairs (train + held-out), calibrated annotator, binary, ranked and rated data
+    (rated last, so adding it left every other file unchanged)."""
     train_pairs = [C.draw_pair(rng, world, p, length_bias) for p in train[: SIZES["prefs"]]]
     eval_pairs = [C.draw_pair(rng, world, p, length_bias) for p in evals[: SIZES["prefs_eval"]]]
     utilities = [p.utilities for p in train_pairs]
@@ -87,14 +94,15 @@ def make_feedback(rng: random.Random, world: World, train: list[Messages], evals
              "gold_ties": sum(u.gold_a == u.gold_b for u in utilities), "pairs": len(utilities)}
     return {"prefs": hard, "prefs_soft": soft, "prefs_eval": eval_hard, "annotator": stats,
             "binary": C.binary_feedback(rng, world, train, annotator, SIZES["binary"]),
-            "ranked": C.ranked_lists(rng, world, train, annotator, SIZES["ranked"])}
+            "ranked": C.ranked_lists(rng, world, train, annotator, SIZES["ranked"]),
+            "rated": C.rated_responses(rng, world, train, annotator, SIZES["rated"])}
 
 
 def make_data(world: World, seed: int, length_bias: float) -> dict[str, Any]:
     """Every data set of the gym, deterministic for ``seed``."""
     train, evals = make_prompt_pools(world, seed, SIZES["train_pool"], SIZES["eval_pool"])
     rng = random.Random(f"data-{seed}")
-    data = {"train_prompts": train, "eval_prompts": evals,
+    data = {"world": world, "train_prompts": train, "eval_prompts": evals,
             "base_corpus": C.sample_conversations(rng, world, train, SIZES["base_corpus"], C.BASE_RATES),
             "sft": C.sample_conversations(rng, world, train, SIZES["sft"], C.SFT_RATES)}
     data.update(make_feedback(rng, world, train, evals, length_bias))
@@ -106,8 +114,30 @@ def write_data(out: Path, data: dict[str, Any]) -> None:
     d = out / "data"
     for name in ("base_corpus", "sft", "prefs", "prefs_soft", "prefs_eval", "binary", "ranked"):
         write_jsonl(d / f"{name}.jsonl", [record_to_dict(r) for r in data[name]])
+    write_jsonl(d / "rated.jsonl", [rated_to_dict(r) for r in data["rated"]])
+    write_attacks(d, data)
     write_jsonl(d / "eval_prompts.jsonl", [{"prompt": messages_to_list(p)} for p in data["eval_prompts"]])
     write_jsonl(d / "train_prompts.jsonl", [{"prompt": messages_to_list(p)} for p in data["train_prompts"]])
+
+
+def write_rated_data(gym_dir: str | Path) -> Path:
+    """Add ``data/rated.jsonl`` and the attack files to a gym built before they existed: the
+    data are regenerated from the gym's seed and length bias (``world.json``), so the files equal
+    what a rebuild writes. Returns the rated file."""
+    gym_dir = Path(gym_dir)
+    info = json.loads((gym_dir / "world.json").read_text())
+    data = make_data(generate_world(info["seed"]), info["seed"], info["length_bias"])
+    path = gym_dir / "data" / "rated.jsonl"
+    write_jsonl(path, [rated_to_dict(r) for r in data["rated"]])
+    write_attacks(gym_dir / "data", data)
+    return path
+
+
+def write_attacks(data_dir: Path, data: dict[str, Any]) -> None:
+    """``attacks.jsonl`` (held-out harmful requests) and ``attacks_train.jsonl`` (the train pool's),
+    :mod:`alignlab.gym.redteam`."""
+    write_jsonl(data_dir / "attacks.jsonl", attack_rows(data["world"], data["eval_prompts"]))
+    write_jsonl(data_dir / "attacks_train.jsonl", attack_rows(data["world"], data["train_prompts"]))
 
 
 def style_report(world: World, prompts: Sequence[Messages], responses: Sequence[str]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ Style distributions (probabilities per prompt kind):
   harmful ones (:data:`SFT_RATES`), leaving room for preference training to improve harmlessness;
 * preference data — two *different* responses drawn from the base distribution for one prompt and
   labelled by the simulated annotator: the ``helpful`` task on benign prompts, the ``harmless`` task
-  on harmful prompts (as in HH-RLHF's two crowd tasks).
+  on harmful prompts (as in HH-RLHF's two crowd tasks);
+* rated single responses (DRO's data) — one base-distribution response per prompt with the
+  annotator's noisy rating (:func:`rated_responses`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from alignlab.data.rated import RatedResponse
 from alignlab.data.records import (
     BinaryFeedback,
     Conversation,
@@ -123,15 +126,22 @@ def label_pairs(rng: random.Random, pairs: Sequence[ScoredPair], annotator: Anno
     return hard, soft, choices
 
 
+def _judged_base_response(rng: random.Random, world: World, prompts: Sequence[Messages],
+                          annotator: Annotator) -> tuple[Messages, str, float]:
+    """A random prompt, one base-distribution response to it and the annotator's utility u."""
+    prompt = rng.choice(prompts)
+    task = parse_prompt(world, prompt)
+    text = sample_response(rng, world, task, BASE_RATES)
+    u = utility(score(world, prompt, text), text, task_for_annotator(task), annotator.length_bias)
+    return prompt, text, u
+
+
 def binary_feedback(rng: random.Random, world: World, prompts: Sequence[Messages],
                     annotator: Annotator, n: int) -> list[BinaryFeedback]:
     """Unpaired thumbs-up/down on base-distribution responses (P(desirable) = σ(u/T))."""
     out = []
     for _ in range(n):
-        prompt = rng.choice(prompts)
-        task = parse_prompt(world, prompt)
-        text = sample_response(rng, world, task, BASE_RATES)
-        u = utility(score(world, prompt, text), text, task_for_annotator(task), annotator.length_bias)
+        prompt, text, u = _judged_base_response(rng, world, prompts, annotator)
         out.append(BinaryFeedback(prompt, text, annotator.judge_desirable(rng, u)))
     return out
 
@@ -154,4 +164,18 @@ def ranked_lists(rng: random.Random, world: World, prompts: Sequence[Messages],
         utils = [utility(score(world, prompt, t), t, kind, annotator.length_bias) for t in texts]
         scores = [round(s, 4) for s in annotator.rank_scores(rng, utils)]
         out.append(RankedList(prompt, tuple(texts), tuple(scores)))
+    return out
+
+
+def rated_responses(rng: random.Random, world: World, prompts: Sequence[Messages],
+                    annotator: Annotator, n: int) -> list[RatedResponse]:
+    """One base-distribution response per draw with the annotator's noisy rating u/T + Gumbel(0, 1).
+
+    The rating is :meth:`Annotator.rank_scores` of a one-response list: the difference of two such
+    ratings is logistic, so comparing two rated responses reproduces the annotator's Bradley–Terry
+    choice probabilities (≈ 75% gold agreement); the rating never sees gold except through u."""
+    out = []
+    for _ in range(n):
+        prompt, text, u = _judged_base_response(rng, world, prompts, annotator)
+        out.append(RatedResponse(prompt, text, round(annotator.rank_scores(rng, [u])[0], 4)))
     return out

@@ -98,7 +98,8 @@ def objective(name: str, *, params: type[LossParams], data_kind: str, reference:
 
 
 CATALOG = ("alignlab.losses.pairwise", "alignlab.losses.reference_free", "alignlab.losses.unpaired",
-           "alignlab.losses.listwise", "alignlab.losses.token_level", "alignlab.losses.auxiliary")
+           "alignlab.losses.listwise", "alignlab.losses.token_level", "alignlab.losses.auxiliary",
+           "alignlab.losses.dispreference")
 
 
 def load_catalog() -> dict[str, LossSpec]:

@@ -15,6 +15,11 @@ One loop (:mod:`alignlab.rl.trainer`) runs them all. An algorithm supplies two f
 | ``reinforce_pp`` | returns-to-go, whitened over the batch | per token, in the reward | clipped surrogate |
 | ``online_dpo`` | (pairs: best vs worst of the k samples) | inside the preference objective | any pair objective |
 | ``sppo`` | (winner and loser by estimated win rate) | the reference is the previous iterate | squared log-ratio regression |
+| ``nash_md`` | P(y ≻ y') − ½ against a sample y' of the policy/reference mixture | sequence KL, in the reward | REINFORCE (clipped surrogate) |
+| ``xpo`` | (pairs: policy sample vs reference sample) | inside the preference objective | any pair objective + α log π(reference sample) |
+
+``prepare`` may put the row indices of the loss units in ``exp.extra['units']`` (pairs for the pair
+algorithms, the policy's own rows for Nash-MD); without it every row is a unit.
 """
 
 from __future__ import annotations
@@ -56,12 +61,16 @@ class Algorithm:
     min_k: int = 1
     unit_rows: int = 1
     whiten_default: bool = False
+    uses_objective: bool = False
+    opponent: str | None = None
+    pair_queries: Callable[[Experience], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def needs_reference(self, rl: RLSettings, objective=None) -> bool:
-        """Whether reference log-probs are needed: for the KL term, or the objective's reference."""
-        if self.name == "sppo":
+        """Whether reference log-probs are needed: for the KL term, or the objective's reference;
+        SPPO, Nash-MD and XPO always (previous iterate, mixture, reference samples)."""
+        if self.name in ("sppo", "nash_md", "xpo"):
             return True
-        if self.name == "online_dpo":
+        if self.uses_objective:
             return objective is not None and objective.reference != "none"
         return rl.kl_coef > 0 or rl.kl_target is not None
 
@@ -177,17 +186,17 @@ def best_worst_pairs(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def choose_pairs(exp: Experience, values: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """Best-vs-worst pairs of each group by ``values`` into ``exp.extra['pairs']``; the order and
+    """Best-vs-worst pairs of each group by ``values`` into ``exp.extra['units']``; the order and
     the pair count, the tied groups and the mean gap of ``values`` within the pairs."""
     order = best_worst_pairs(values, exp.k)
-    exp.extra["pairs"] = order
+    exp.extra["units"] = order
     n_pairs = len(order) // 2
     gap = (values[order[0::2]] - values[order[1::2]]).mean() if len(order) else 0.0
     return order, {"pairs": n_pairs, "tied_groups": len(exp) // exp.k - n_pairs, "gap": float(gap)}
 
 
 def prepare_online_dpo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
-    """Choose the pairs; ``exp.extra['pairs']`` holds the row order (chosen, rejected, ...)."""
+    """Choose the pairs; ``exp.extra['units']`` holds the row order (chosen, rejected, ...)."""
     exp.kl = token_kl(exp, rl)
     _, metrics = choose_pairs(exp, exp.scores)
     return {**metrics, "pair_score_gap": metrics.pop("gap")}
@@ -221,6 +230,25 @@ def sppo_win_rates(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sigmoid(groups[:, :, None] - groups[:, None, :]).mean(2).flatten().to(scores.dtype)
 
 
+def group_pairs(exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first, second)`` row indices of every unordered pair i < j within each group of k."""
+    i, j = torch.triu_indices(exp.k, exp.k, 1, device=exp.scores.device)
+    starts = torch.arange(0, len(exp), exp.k, device=exp.scores.device)[:, None]
+    return (starts + i).flatten(), (starts + j).flatten()
+
+
+def win_rates_from_pairs(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """P̂(y_i ≻ π_t) = (1/K) Σ_j P(y_i ≻ y_j) from a judge's P(y_i ≻ y_j) for the pairs i < j of
+    each group in :func:`group_pairs` order (P(y_j ≻ y_i) = 1 − P(y_i ≻ y_j), P(y_i ≻ y_i) = ½), as
+    :func:`sppo_win_rates` does from scores."""
+    groups = probs.view(-1, k * (k - 1) // 2).double()
+    matrix = torch.full((len(groups), k, k), 0.5, dtype=torch.float64, device=probs.device)
+    i, j = torch.triu_indices(k, k, 1, device=probs.device)
+    matrix[:, i, j] = groups
+    matrix[:, j, i] = 1.0 - groups
+    return matrix.mean(2).flatten().to(probs.dtype)
+
+
 def sppo_targets(win: torch.Tensor, order: torch.Tensor, eta: float, mode: str) -> torch.Tensor:
     """Per-row regression targets of the log-ratio: η(P̂ − ½) (``soft``, the paper's eq. 4.7) or
     ±η/2 for the winner and the loser (``hard``: P̂ replaced by 1 and 0, TRL's ``sppo_hard``)."""
@@ -234,10 +262,13 @@ def sppo_targets(win: torch.Tensor, order: torch.Tensor, eta: float, mode: str) 
 
 def prepare_sppo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
     """SPPO (Wu et al. 2024, Algorithm 1 and eq. 4.7): win rates of the k samples against each
-    other, the winner (highest P̂) and the loser (lowest) of each prompt; groups whose samples all
+    other (from a pair judge's ``exp.extra['pair_probs']`` when there is one, else from the
+    scores), the winner (highest P̂) and the loser (lowest) of each prompt; groups whose samples all
     score the same give no pair."""
     exp.kl = token_kl(exp, rl)
-    win = sppo_win_rates(exp.scores, exp.k)
+    judged = exp.extra.get("pair_probs")
+    win = (sppo_win_rates(exp.scores, exp.k) if judged is None
+           else win_rates_from_pairs(judged, exp.k))
     order, metrics = choose_pairs(exp, win)
     exp.targets = sppo_targets(win, order, rl.sppo_eta, rl.sppo_mode)
     return {**metrics, "win_rate_gap": metrics.pop("gap")}
@@ -256,6 +287,75 @@ def sppo_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
                            "target/loser": exp.targets[1::2].mean()}
 
 
+# ----------------------------------------------------------------------------- Nash-MD and XPO
+
+
+def opponent_pairs(exp: Experience) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(own, rival)`` row indices: the j-th policy sample of each group and the j-th opponent
+    sample of the same prompt (a group is the policy's m samples, then the opponent's m)."""
+    half = exp.k // 2
+    starts = torch.arange(0, len(exp), exp.k, device=exp.scores.device)
+    own = (starts[:, None] + torch.arange(half, device=starts.device)).flatten()
+    return own, own + half
+
+
+def pair_preferences(exp: Experience, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """P(first ≻ second): the pair judge's ``exp.extra['pair_probs']`` when there is one (computed
+    by the trainer for the algorithm's ``pair_queries``), else σ(r_first − r_second)."""
+    judged = exp.extra.get("pair_probs")
+    if judged is not None:
+        return judged.to(exp.scores.device)
+    return torch.sigmoid(exp.scores[first] - exp.scores[second])
+
+
+def prepare_nash_md(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+    """Nash-MD-PG (Munos et al. 2023, "Nash Learning from Human Feedback", §7): each policy sample
+    y is compared with a sample y' of the geometric mixture of policy and reference (the
+    opponent), and earns the sequence reward
+
+        P(y ≻ y') − ½ − β · log π(y)/π_ref(y)
+
+    (½ is the control variate; the log-ratio is the k1 sequence KL at sampling time). The loss is
+    REINFORCE on the policy's samples only. P is the pair judge's (``preference:``) or, by default,
+    σ(r(y) − r(y')) from the configured reward's scores (Bradley-Terry)."""
+    exp.kl = token_kl(exp, rl)
+    own, rival = opponent_pairs(exp)
+    preference = pair_preferences(exp, own, rival)
+    rewards = torch.zeros_like(exp.scores)
+    rewards[own] = preference - 0.5 - beta * exp.kl[own].sum(1)
+    exp.extra["units"] = own
+    metrics = _finish(exp, adv.expand_to_tokens(rewards, exp.mask), False)
+    return {**metrics, "preference_vs_mixture": float(preference.mean())}
+
+
+def prepare_xpo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+    """XPO (Xie et al. 2024, "Exploratory Preference Optimization", Algorithm 1): each policy
+    sample and a reference sample of the same prompt form a pair, ordered by P(policy sample ≻
+    reference sample) (the pair judge's, or σ of the score difference; P = ½ is a tie and is
+    dropped); ``exp.extra['units']`` holds chosen, rejected, ..."""
+    exp.kl = token_kl(exp, rl)
+    own, rival = opponent_pairs(exp)
+    preference = pair_preferences(exp, own, rival)
+    keep, wins = preference != 0.5, preference > 0.5
+    chosen = torch.where(wins, own, rival)[keep]
+    rejected = torch.where(wins, rival, own)[keep]
+    exp.extra["units"] = torch.stack([chosen, rejected], 1).flatten()
+    return {"pairs": int(keep.sum()), "tied_pairs": int((~keep).sum()),
+            "policy_beats_reference": float(wins.float().mean())}
+
+
+def xpo_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
+    """XPO's objective (Xie et al. 2024, eq. in Algorithm 1, line 6): the pair objective (DPO by
+    default) on the labelled pairs plus ``α · log π(ỹ)``, the policy's log-probability of the
+    reference's sample ỹ in each pair (minimising it is the paper's optimism: mass moves away from
+    what the reference already covers). Departure: the paper sums both terms over every pair
+    collected so far; here over the current rollout's pairs (online, as the other algorithms)."""
+    loss, metrics = online_dpo_loss(logp, exp, ctx)
+    reference_sample_logp = ((logp * exp.mask).sum(1) * exp.opponent).sum() / (len(exp) // 2)
+    metrics["reference_sample_logp"] = reference_sample_logp.detach()
+    return loss + ctx.rl.xpo_alpha * reference_sample_logp, metrics
+
+
 # ----------------------------------------------------------------------------- table
 
 
@@ -268,13 +368,20 @@ GRPO = Algorithm("grpo", "Shao et al. 2024 (DeepSeekMath)", prepare_grpo, grpo_m
 REINFORCE_PP = Algorithm("reinforce_pp", "Hu 2025 (REINFORCE++)", prepare_reinforce_pp,
                          clipped_loss)
 ONLINE_DPO = Algorithm("online_dpo", "Guo et al. 2024 (online AI feedback); Xiong et al. 2024",
-                       prepare_online_dpo, online_dpo_loss, min_k=2, unit_rows=2)
+                       prepare_online_dpo, online_dpo_loss, min_k=2, unit_rows=2,
+                       uses_objective=True)
 
 SPPO = Algorithm("sppo", "Wu et al. 2024 (Self-Play Preference Optimization)", prepare_sppo,
-                 sppo_loss, min_k=2, unit_rows=2)
+                 sppo_loss, min_k=2, unit_rows=2, pair_queries=group_pairs)
+NASH_MD = Algorithm("nash_md", "Munos et al. 2023 (Nash Learning from Human Feedback)",
+                    prepare_nash_md, clipped_loss, reduction="seq_mean_token_sum_norm",
+                    opponent="mixture", pair_queries=opponent_pairs)
+XPO = Algorithm("xpo", "Xie et al. 2024 (Exploratory Preference Optimization)", prepare_xpo,
+                xpo_loss, unit_rows=2, uses_objective=True, opponent="reference",
+                pair_queries=opponent_pairs)
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (PPO, RLOO, GRPO, REINFORCE_PP, ONLINE_DPO,
-                                                        SPPO)}
+                                                        SPPO, NASH_MD, XPO)}
 
 
 def get_algorithm(name: str) -> Algorithm:
@@ -297,21 +404,34 @@ def check_config(cfg) -> None:
     if cfg.rl.ref_sync_every and cfg.model.lora is not None:
         raise ValueError("rl.ref_sync_every: with LoRA the reference is the adapter-free base "
                          "model and cannot move; train without LoRA or set ref_sync_every: 0")
-    if algo.name == "online_dpo":
-        _check_pair_objective(cfg.loss)
+    if algo.uses_objective:
+        _check_pair_objective(cfg.loss, algo.name)
+    if cfg.preference is not None and algo.pair_queries is None:
+        raise ValueError(f"preference: a pair judge is read by sppo, nash_md and xpo, not by "
+                         f"{algo.name} (use it through reward: kind: judge instead)")
+    if algo.opponent is not None and cfg.backend != "hf":
+        raise ValueError(f"{algo.name} samples its opponent ({algo.opponent}) with the hf backend's "
+                         f"decoding loop; backend {cfg.backend!r} is not supported for it yet")
+    for s in cfg.reward:
+        judge = s.self_reward
+        if s.kind == "self_reward" and (judge is None or judge.mode == "parse") and \
+                (judge is None or judge.fallback is None):
+            raise ValueError("reward kind 'self_reward' in parse mode can leave a sample unscored "
+                             "(no judgement parsed); the online stage needs a number: set "
+                             "self_reward.fallback (e.g. 0) or use mode: digits")
     if any(s.kind == "prm" for s in cfg.reward) and (cfg.rl.score_norm != "none"
                                                      or cfg.rl.reward_clip is not None):
         raise ValueError("reward kind 'prm' (dense step rewards) cannot be combined with "
                          "rl.score_norm or rl.reward_clip, which act on whole-sequence scores")
 
 
-def _check_pair_objective(terms) -> None:
+def _check_pair_objective(terms, algorithm: str) -> None:
     from alignlab.losses import get_loss
 
     for term in terms:
         spec = get_loss(term.name)
         if spec.data_kind != "pair" or spec.reference == "online" or spec.needs:
-            raise ValueError(f"loss {term.name!r}: online_dpo trains on sampled pairs and needs a "
+            raise ValueError(f"loss {term.name!r}: {algorithm} trains on sampled pairs and needs a "
                              f"pair objective of sequence log-probs with a cached or no reference "
                              f"(got data kind {spec.data_kind}, reference {spec.reference}, "
                              f"needs {sorted(spec.needs) or 'nothing'})")

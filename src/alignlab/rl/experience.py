@@ -62,7 +62,8 @@ class Experience:
     algorithm trains on (after normalisation, clipping and penalties); with a dense (process)
     scorer they include the dense rewards' sum, and ``dense`` ``[N, T]`` holds those rewards per
     token. ``targets`` [N]: per-sequence regression targets of algorithms that regress the
-    log-ratio to the reference (SPPO).
+    log-ratio to the reference (SPPO). ``opponent`` [N]: 1 on rows sampled by the opponent
+    (Nash-MD's mixture, XPO's reference), 0 on the policy's; None without an opponent.
     """
 
     batch: dict[str, torch.Tensor]
@@ -77,11 +78,19 @@ class Experience:
     returns: torch.Tensor | None = None
     dense: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    opponent: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     @property
     def mask(self) -> torch.Tensor:
         return self.where.mask
+
+    @property
+    def own_rows(self) -> torch.Tensor:
+        """Bool [N]: the rows the policy sampled (every row without an opponent)."""
+        if self.opponent is None:
+            return torch.ones(len(self), dtype=torch.bool, device=self.scores.device)
+        return self.opponent == 0
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -116,4 +125,4 @@ def experience_from_rollout(rollout: Rollout, scores: torch.Tensor | None = None
     dense = None if rollout.dense is None else where.take(rollout.dense)
     return Experience(batch=rollout.batch, where=where, old_logp=where.take(rollout.old_logp),
                       ref_logp=ref, scores=rollout.scores if scores is None else scores,
-                      k=rollout.k, dense=dense)
+                      k=rollout.k, dense=dense, opponent=rollout.opponent)

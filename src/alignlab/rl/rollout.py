@@ -10,6 +10,9 @@ internal scores, which would differ with temperature/top-p and sampling-kernel n
 
 Layout: group-major, rows ``[g*k:(g+1)*k]`` are the k samples of prompt g. Token tensors are in the
 shifted frame ``[N, L-1]`` (position t predicts token t+1); ``mask`` is 1 on response tokens.
+Algorithms that play the policy against an *opponent* (Nash-MD's mixture, XPO's reference) sample the
+opponent's k completions of each prompt too: a group is then the policy's k samples followed by the
+opponent's k (``k`` = 2 × samples per prompt, ``opponent`` [N] is 1 on the opponent's rows).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Rollout:
     ref_logp: torch.Tensor | None
     k: int
     dense: torch.Tensor | None = None
+    opponent: torch.Tensor | None = None
 
     @property
     def texts(self) -> list[str]:
@@ -87,16 +91,23 @@ def sequence_token_logprobs(model, batch: dict, disable_adapter: bool = False) -
 def collect_rollout(policy, tokenizer, generator, prompts: Sequence[Messages],
                     settings: GenerationSettings, scorer, max_prompt_length: int,
                     reference=None, reference_is_adapter_base: bool = False,
-                    timings: dict[str, float] | None = None) -> Rollout:
+                    timings: dict[str, float] | None = None, opponent=None) -> Rollout:
     """Sample ``settings.num_samples`` completions per prompt, score them, record log-probs.
 
     ``reference``: a frozen model, or None with ``reference_is_adapter_base`` (the LoRA policy with
     its adapter disabled), or None for no reference log-probs (reference-free objectives).
     ``timings``, when given, receives the seconds spent in ``generate``, ``score`` and ``logprob``.
+    ``opponent``: a second generator whose samples follow the policy's in each group (see the
+    module docstring).
     """
     clock = Clock(timings)
     with clock("generate"):
         samples = generator.generate(list(prompts), settings)
+        k, flags = settings.num_samples, None
+        if opponent is not None:
+            rivals = opponent.generate(list(prompts), opponent_settings(settings))
+            samples = [own + other for own, other in zip(samples, rivals)]
+            k, flags = 2 * k, torch.tensor(([0.0] * k + [1.0] * k) * len(prompts))
     rows, row_prompts, flat = encode_samples(tokenizer, prompts, samples, max_prompt_length)
     device = next(policy.parameters()).device
     batch = {k: v.to(device) for k, v in pad_encoded(rows, tokenizer.pad_token_id).items()}
@@ -111,8 +122,15 @@ def collect_rollout(policy, tokenizer, generator, prompts: Sequence[Messages],
             ref_logp = sequence_token_logprobs(reference, batch)
         elif reference_is_adapter_base:
             ref_logp = sequence_token_logprobs(policy, batch, disable_adapter=True)
-    return Rollout(row_prompts, flat, batch, scores.to(device), old_logp, ref_logp,
-                   settings.num_samples, None if dense is None else dense.to(device))
+    return Rollout(row_prompts, flat, batch, scores.to(device), old_logp, ref_logp, k,
+                   None if dense is None else dense.to(device),
+                   None if flags is None else flags.to(device))
+
+
+def opponent_settings(settings: GenerationSettings) -> GenerationSettings:
+    """The opponent's sampling settings: its own seed, so that an opponent equal to the policy
+    (the mixture at step one) does not replay the policy's random draws."""
+    return settings.model_copy(update={"seed": (settings.seed + 7919) % (2 ** 31)})
 
 
 def dense_rewards(weighted_parts, tokenizer, samples: Sequence[Sample], rows: Sequence[Encoded],

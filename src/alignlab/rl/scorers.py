@@ -11,7 +11,8 @@ A scorer has ``name`` and ``score(prompts, completions) -> list[float]``. Implem
   :class:`alignlab.models.verifier.Verifier`), or a PRM's dense per-step rewards (``kind: prm``,
   :class:`ProcessRewardScorer`).
 
-The AI-judge scorer of the RLAIF issue plugs in here with the same method.
+The AI-judge scorer of the RLAIF issue plugs in here with the same method, and so does the
+self-rewarding rubric judge (``kind: self_reward``, :mod:`alignlab.feedback.self_reward`).
 """
 
 from __future__ import annotations
@@ -74,12 +75,15 @@ class ProcessRewardScorer:
 
 @dataclass
 class WeightedScorer:
-    """``sum_k weight_k * scorer_k``; ``last_parts`` keeps each scorer's raw scores for logging."""
+    """``sum_k weight_k * scorer_k``; ``last_parts`` keeps each scorer's raw scores for logging and
+    ``last_details`` the per-completion details of the scorers that keep them (e.g. a self-reward
+    judge's parsed judgements), by scorer name."""
 
     parts: list[tuple[float, Scorer]]
     name: str = "weighted"
     last_parts: dict[str, list[float]] = field(default_factory=dict)
     last_dense: list[tuple[float, list]] = field(default_factory=list)
+    last_details: dict[str, list[dict]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.parts:
@@ -91,12 +95,14 @@ class WeightedScorer:
     def score(self, prompts: Sequence[Messages], completions: Sequence[str]) -> list[float]:
         check_lengths(prompts, completions, self.name)
         total = [0.0] * len(completions)
-        self.last_parts, self.last_dense = {}, []
+        self.last_parts, self.last_dense, self.last_details = {}, [], {}
         for weight, scorer in self.parts:
             values = scorer.score(prompts, completions)
             self.last_parts[scorer.name] = values
             if hasattr(scorer, "last_dense"):
                 self.last_dense.append((weight, scorer.last_dense))
+            if hasattr(scorer, "last_details"):
+                self.last_details[scorer.name] = scorer.last_details
             total = [t + weight * v for t, v in zip(total, values)]
         return total
 
@@ -183,6 +189,10 @@ def build_one_scorer(settings, policy=None, tokenizer=None, device=None):
             raise ValueError("reward kind 'self_judge' needs the policy model")
         extra = {"template": settings.template} if settings.template else {}
         return SelfJudgeScorer(policy, tokenizer, batch_size=settings.batch_size, name=name, **extra)
+    if settings.kind == "self_reward":
+        from alignlab.feedback.self_reward import self_reward_scorer
+
+        return self_reward_scorer(settings, policy, tokenizer, device, name)
     if settings.kind in ("prm", "verifier"):
         from alignlab.models.verifier import load_verifier
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from alignlab.config import StrictModel
 
@@ -19,7 +19,9 @@ class RLSettings(StrictModel):
     ``whiten_advantages`` None means the algorithm's default (on for PPO, off for the others).
     ``minibatch_size`` and ``micro_batch_size`` count sequences (pairs for online DPO); None: one
     minibatch / no split. ``sppo_eta`` and ``sppo_mode`` are SPPO's η and its estimated-win-rate
-    (``soft``) or winner = 1 / loser = 0 (``hard``) targets.
+    (``soft``) or winner = 1 / loser = 0 (``hard``) targets. ``mixture_coef`` is Nash-MD's β of the
+    geometric mixture π^(1−β) π_ref^β its opponent samples: one value, or one per iteration (the
+    last value holds afterwards). ``xpo_alpha`` is XPO's α, the weight of its exploration term.
     """
 
     ppo_epochs: int = Field(1, ge=1)
@@ -46,4 +48,20 @@ class RLSettings(StrictModel):
     ref_sync_every: int = Field(0, ge=0)
     sppo_eta: float = Field(10.0, gt=0.0)
     sppo_mode: Literal["soft", "hard"] = "soft"
+    mixture_coef: float | list[float] = 0.5
+    xpo_alpha: float = Field(1e-5, ge=0.0)
+
+    @field_validator("mixture_coef")
+    @classmethod
+    def _coef_in_unit_interval(cls, value):
+        values = value if isinstance(value, list) else [value]
+        if not values or any(not 0.0 <= v <= 1.0 for v in values):
+            raise ValueError("mixture_coef must be a number in [0, 1] or a non-empty list of them")
+        return value
+
+    def mixture_coef_at(self, iteration: int) -> float:
+        """Nash-MD's mixture coefficient at ``iteration`` (0-based) of the schedule."""
+        if isinstance(self.mixture_coef, list):
+            return self.mixture_coef[min(iteration, len(self.mixture_coef) - 1)]
+        return self.mixture_coef
 

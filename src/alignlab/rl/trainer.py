@@ -52,6 +52,7 @@ from alignlab.rl.experience import Experience, experience_from_rollout
 from alignlab.rl.held_out import evaluate_prompts
 from alignlab.rl.kl import AdaptiveKLController, FixedKLController
 from alignlab.rl.objectives import ptx_loss, value_loss
+from alignlab.rl.preference import PairPreference, PreferenceSettings
 from alignlab.rl.ptx import PtxStream
 from alignlab.rl.rollout import Clock, collect_rollout
 from alignlab.rl.scorers import build_scorer
@@ -71,14 +72,17 @@ class OnlineConfig(StageConfig):
 
     ``train.max_steps`` counts iterations (one rollout each; default: one pass over the prompts);
     ``train.batch_size`` is prompts per iteration per process, each sampled
-    ``generation.num_samples`` times. ``loss`` is the preference objective of ``online_dpo``.
+    ``generation.num_samples`` times (and as often by the opponent of ``nash_md`` and ``xpo``).
+    ``loss`` is the preference objective of ``online_dpo`` and ``xpo``. ``preference``: a pair judge
+    whose P(y ≻ y') SPPO, Nash-MD and XPO read instead of σ(r(y) − r(y')) of the ``reward`` scores
+    (:mod:`alignlab.rl.preference`); the reward is then only logged.
     ``ptx_data`` is the pretraining/SFT data of PPO-ptx (with ``rl.ptx_coef`` > 0).
     ``eval_prompts``: held-out prompts answered and scored every ``train.eval_every`` iterations and
     at the end (:mod:`alignlab.rl.held_out`).
     """
 
     stage: Literal["online"] = "online"
-    algorithm: Literal["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo", "sppo"]
+    algorithm: Literal["ppo", "rloo", "grpo", "reinforce_pp", "online_dpo", "sppo", "nash_md", "xpo"]
     model: ModelSettings
     ref_model: ModelSettings | None = None
     critic: ModelSettings | None = None
@@ -93,6 +97,7 @@ class OnlineConfig(StageConfig):
                                  min_length=1)
     ptx_data: DataSettings | None = None
     eval_prompts: DataSettings | None = None
+    preference: PreferenceSettings | None = None
     out: str
 
     @field_validator("reward", "monitor", mode="before")
@@ -250,10 +255,12 @@ def loss_units(reduction: str, exp: Experience, unit_rows: int) -> float:
 
 
 def unit_rows_of(exp: Experience, algo: Algorithm) -> torch.Tensor:
-    """``[U, unit_rows]`` row indices of the experience's loss units (pairs for online DPO)."""
-    if algo.unit_rows == 1:
+    """``[U, unit_rows]`` row indices of the experience's loss units: ``exp.extra['units']`` when
+    the algorithm chose them (pairs, or Nash-MD's own samples), else every row."""
+    units = exp.extra.get("units")
+    if units is None:
         return torch.arange(len(exp)).view(-1, 1)
-    return exp.extra["pairs"].cpu().view(-1, algo.unit_rows)
+    return units.cpu().view(-1, algo.unit_rows)
 
 
 @dataclass
@@ -381,6 +388,8 @@ class OnlineRun:
     scorer: object
     monitor: object | None
     generator: object
+    opponent: object | None
+    preference: PairPreference | None
     controller: object
     objective: Objective | None
     ptx: PtxStream | None
@@ -400,7 +409,7 @@ def setup(cfg: OnlineConfig, run: RunFolder) -> OnlineRun:
     report_data(acc, run, loaded, "prompt")
     policy, tokenizer = load_causal_lm(cfg.model)
     policy.to(acc.device)
-    objective = Objective.from_config(cfg.loss) if algo.name == "online_dpo" else None
+    objective = Objective.from_config(cfg.loss) if algo.uses_objective else None
     reference, adapter_base = (load_reference(cfg, policy) if algo.needs_reference(cfg.rl, objective)
                                else (None, False))
     if reference is not None:
@@ -422,8 +431,10 @@ def setup(cfg: OnlineConfig, run: RunFolder) -> OnlineRun:
     return OnlineRun(cfg, algo, acc, run, tokenizer, loaded.records, sampler, policy, reference,
                      adapter_base, learner, build_scorer(cfg.reward, policy, tokenizer, acc.device),
                      build_scorer(cfg.monitor, policy, tokenizer, acc.device) if cfg.monitor else None,
-                     make_rollout_generator(cfg, policy, tokenizer), controller, objective, ptx,
-                     ref_state, plan)
+                     make_rollout_generator(cfg, policy, tokenizer),
+                     make_opponent(algo, cfg, policy, tokenizer, reference),
+                     PairPreference(cfg.preference, acc.device) if cfg.preference else None,
+                     controller, objective, ptx, ref_state, plan)
 
 
 def make_rollout_generator(cfg: OnlineConfig, policy, tokenizer):
@@ -434,6 +445,18 @@ def make_rollout_generator(cfg: OnlineConfig, policy, tokenizer):
         return make_generator("vllm", model=policy, tokenizer=tokenizer,
                               model_path=resolve_model_source(cfg.model)[0])
     return make_generator("hf", model=policy, tokenizer=tokenizer)
+
+
+def make_opponent(algo: Algorithm, cfg: OnlineConfig, policy, tokenizer, reference):
+    """The opponent's sampler: the policy/reference geometric mixture (Nash-MD, its coefficient
+    set each iteration) or the reference alone (XPO: the mixture at coefficient 1); None for the
+    other algorithms. ``reference`` None means the LoRA policy's adapter-free base."""
+    if algo.opponent is None:
+        return None
+    from alignlab.generation.mixture import MixtureGenerator
+
+    coef = 1.0 if algo.opponent == "reference" else cfg.rl.mixture_coef_at(0)
+    return MixtureGenerator(policy, tokenizer, reference, coef)
 
 
 def sampling_settings(cfg: OnlineConfig, iteration: int, rank: int):
@@ -458,16 +481,19 @@ def shape_scores(raw: torch.Tensor, samples, rl) -> tuple[torch.Tensor, dict[str
 
 
 def rollout_metrics(exp: Experience, rollout, parts: dict, monitor_parts: dict) -> dict[str, float]:
-    """Per-iteration statistics of the sampled experience (this process)."""
-    row = {"reward/mean": float(rollout.scores.mean()),
-           "reward/std": float(rollout.scores.std()) if len(exp) > 1 else 0.0,
-           "response_length": float(exp.where.lengths.mean())}
+    """Per-iteration statistics of the policy's own samples (not an opponent's; this process)."""
+    own = exp.own_rows
+    scores = rollout.scores[own]
+    row = {"reward/mean": float(scores.mean()),
+           "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
+           "response_length": float(exp.where.lengths[own].mean())}
     if exp.ref_logp is not None:
-        row["kl"] = float((exp.old_logp - exp.ref_logp).mul(exp.mask).sum(1).mean())
-    for name, values in parts.items():
-        row[f"reward/{name}"] = sum(values) / len(values)
-    for name, values in monitor_parts.items():
-        row[f"monitor/{name}"] = sum(values) / len(values)
+        row["kl"] = float((exp.old_logp - exp.ref_logp).mul(exp.mask).sum(1)[own].mean())
+    keep = own.tolist()
+    for prefix, named in (("reward", parts), ("monitor", monitor_parts)):
+        for name, values in named.items():
+            mine = [v for v, k in zip(values, keep) if k]
+            row[f"{prefix}/{name}"] = sum(mine) / len(mine)
     return row
 
 
@@ -479,10 +505,12 @@ def one_iteration(state: OnlineRun, iteration: int) -> dict[str, float]:
     start = time.perf_counter()
     idx = state.sampler.micro_batches(iteration, acc.process_index)[0]
     prompts = [state.prompts[i] for i in idx]
+    if state.algo.opponent == "mixture":
+        state.opponent.coef = cfg.rl.mixture_coef_at(iteration)
     rollout = collect_rollout(state.policy, state.tokenizer, state.generator, prompts,
                               sampling_settings(cfg, iteration, acc.process_index), state.scorer,
                               cfg.train.max_prompt_length, state.reference, state.adapter_base,
-                              timings)
+                              timings, state.opponent)
     monitor_parts = {}
     if state.monitor is not None:
         with clock("monitor"):
@@ -495,6 +523,9 @@ def one_iteration(state: OnlineRun, iteration: int) -> dict[str, float]:
     beta = state.controller.value
     row = rollout_metrics(exp, rollout, state.scorer.last_parts, monitor_parts)
     row.update(score_metrics)
+    if state.preference is not None:
+        with clock("judge"):
+            row.update(judge_pairs(state, exp, rollout, iteration))
     row.update(state.algo.prepare(exp, cfg.rl, beta))
     ctx = LossContext(cfg.rl, beta, state.algo.reduction_for(cfg.rl), cfg.generation.max_new_tokens,
                       state.objective)
@@ -506,6 +537,19 @@ def one_iteration(state: OnlineRun, iteration: int) -> dict[str, float]:
     timings["iteration"] = time.perf_counter() - start
     row.update({f"time/{k}": v for k, v in timings.items()})
     return row
+
+
+def judge_pairs(state: OnlineRun, exp: Experience, rollout, iteration: int) -> dict[str, float]:
+    """The pair judge's P(first ≻ second) for the algorithm's pairs into
+    ``exp.extra['pair_probs']``; principles drawn per (iteration, process), so a resumed run asks
+    the same questions."""
+    first, second = (rows.tolist() for rows in state.algo.pair_queries(exp))
+    draw = iteration * state.acc.num_processes + state.acc.process_index
+    probs = state.preference.probs([rollout.prompts[i] for i in first],
+                                   [rollout.texts[i] for i in first],
+                                   [rollout.texts[j] for j in second], draw)
+    exp.extra["pair_probs"] = torch.tensor(probs, dtype=torch.float32, device=exp.scores.device)
+    return {"judge/pairs": len(probs), "judge/p_first_mean": sum(probs) / max(len(probs), 1)}
 
 
 def _after_update(state: OnlineRun, iteration: int, row: dict) -> None:

@@ -1,6 +1,7 @@
 """Choosing among N scored samples of one prompt: best-of-N, rejection-sampling fine-tuning sets,
 best-vs-worst pairs and RSO's statistical rejection sampling. Pure functions of the scores.
 
+- :func:`scored_indices`: the samples that have a score (the others take part in nothing below).
 - :func:`best_index`: inference-time best-of-N (Nakano et al. 2021; Stiennon et al. 2020): the
   highest-scoring sample; ties go to the earliest.
 - :func:`top_k_indices`: the rejection-sampling fine-tuning selection — the k best samples, at or
@@ -25,6 +26,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+
+
+def scored_indices(scores: Sequence[float | None]) -> list[int]:
+    """Indices of the samples that have a score: a judge may leave one unscored (None or NaN, e.g.
+    a self-rewarding judge none of whose judgements parsed); such samples are never selected."""
+    return [i for i, s in enumerate(scores) if s is not None and not math.isnan(s)]
 
 
 def best_index(scores: Sequence[float]) -> int:

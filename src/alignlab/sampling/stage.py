@@ -32,13 +32,30 @@ teaches the policy a double space — in the gym, 80 % off-grammar replies after
   (:func:`~alignlab.sampling.select.rso_pairs`). Train on them with ``alignlab dpo`` and ``loss:
   dpo`` (the paper's sigmoid-norm), ``gpo`` with ``kind: hinge`` (hinge-norm) or ``slic`` with
   ``lambda_reg: 0`` (hinge, no reference);
+- ``d2o.jsonl`` (``d2o_negatives:``, pair or binary data whose rejected / undesirable completions are
+  human negatives) — D2O lists (Duan et al. 2024; :mod:`alignlab.sampling.d2o`): per negative whose
+  prompt was sampled, ``{"prompt", "responses": [the N samples..., negative], "scores": [1, ..., 1,
+  0]}`` for ``alignlab dpo`` with ``loss: d2o``; negatives of unsampled prompts are counted
+  (``d2o_unmatched``). Sample the negatives' own prompts (``prompts:`` the same file);
 - ``summary.json`` — counts, mean score of all samples and of the best-of-N, each ``monitors:``
   scorer's mean over all samples and over the best-of-N picks (monitors are scored, never used to
-  select: e.g. the gym's gold reward of what a proxy reward model picks), seconds.
+  select: e.g. the gym's gold reward of what a proxy reward model picks), seconds;
+- ``judge_agreement.json`` (when there are monitors) — how the summed score agrees with each
+  monitor: pair agreement within prompts, Pearson / Spearman over samples, and how often the
+  monitor prefers each selected best-vs-worst pair (:mod:`alignlab.sampling.judge_report`); the
+  headline numbers also go into the summary, as ``<monitor>_pair_agreement`` etc.
+
+A scorer may leave a sample unscored (a NaN score, stored as ``"score": null``: a self-rewarding
+judge, ``kind: self_reward``, none of whose judgements parsed); such samples take part in no
+selection and are counted (``samples_unscored``, ``prompts_unscored``; with parsed judgements
+``<scorer>_judgements``, ``<scorer>_unparsed``, ``<scorer>_parse_failure_rate``). Scorers that keep
+per-sample details (``last_details``) have them stored under each sample's ``details``, so that a
+resumed job reports the same counts without judging anything again.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +75,13 @@ from alignlab.data.loading import load_prompts, load_records
 from alignlab.data.records import Messages, messages_from_list, messages_to_list, record_to_dict
 from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
 from alignlab.runs import RunFolder
+from alignlab.sampling.d2o import d2o_lists, load_negatives
+from alignlab.sampling.judge_report import (
+    agreement_report,
+    headline,
+    judgement_counts,
+    split_unscored,
+)
 from alignlab.sampling.select import (
     best_index,
     best_worst_pair,
@@ -100,6 +124,7 @@ class SampleConfig(StageConfig):
     replay: list[DataSettings] = Field(default_factory=list)
     replay_decay: float = Field(0.5, gt=0.0, le=1.0)
     rso: RSOSettings | list[RSOSettings] | None = None
+    d2o_negatives: DataSettings | None = None
 
     @model_validator(mode="after")
     def _replay_needs_pairs(self):
@@ -123,18 +148,22 @@ class SampleConfig(StageConfig):
 
 def sample_rows(generator, scorer, monitors, prompts: Sequence[Messages], indices: Sequence[int],
                 settings: GenerationSettings) -> list[dict]:
-    """Rows for ``prompts`` (with their ``indices``): every sample with its score and, under
-    ``monitor``, each monitor's score (never used to select)."""
+    """Rows for ``prompts`` (with their ``indices``): every sample with its score (None when a
+    scorer left it unscored: NaN), under ``monitor`` each monitor's score (never used to select)
+    and, under ``details``, what scorers that keep per-sample details said (e.g. parsed
+    judgements)."""
     samples = generator.generate(prompts, settings)
     flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
     texts = [s.text for group in samples for s in group]
-    scores = scorer.score(flat_prompts, texts)
+    scores = [None if math.isnan(v) else float(v) for v in scorer.score(flat_prompts, texts)]
+    details = getattr(scorer, "last_details", None) or {}
     watched = {m.name: m.score(flat_prompts, texts) for m in monitors}
     rows, k = [], 0
     for index, prompt, group in zip(indices, prompts, samples):
         rows.append({"index": index, "prompt": messages_to_list(prompt), "samples": [
-            {"text": s.text, "score": float(scores[k + j]), "stop_reason": s.stop_reason,
-             "monitor": {name: float(v[k + j]) for name, v in watched.items()}}
+            {"text": s.text, "score": scores[k + j], "stop_reason": s.stop_reason,
+             "monitor": {name: float(v[k + j]) for name, v in watched.items()},
+             **({"details": {n: d[k + j] for n, d in details.items()}} if details else {})}
             for j, s in enumerate(group)]})
         k += len(group)
     return rows
@@ -174,9 +203,12 @@ def build_sampler(cfg: SampleConfig):
     return generator, build_scorer(cfg.scorers, model, tokenizer), monitors
 
 
-def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
-    """best_of_n.jsonl, rs_sft.jsonl, pairs.jsonl (as asked) and the summary."""
+def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict], negatives=None) -> dict:
+    """best_of_n.jsonl, rs_sft.jsonl, pairs.jsonl, ... (as asked) and the summary; ``negatives``:
+    the D2O negatives when already read (else read from ``cfg.d2o_negatives``)."""
     best, sft, pairs, ties, small = [], [], [], 0, 0
+    all_rows, report = rows, agreement_report(rows)  # D2O lists take every sample, scored or not
+    rows, unscored = split_unscored(rows)
     for row in rows:
         scores = [s["score"] for s in row["samples"]]
         texts = [s["text"].strip() for s in row["samples"]]
@@ -187,7 +219,7 @@ def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
             sft += [{"messages": row["prompt"] + [{"role": "assistant", "content": texts[i]}]}
                     for i in top_k_indices(scores, cfg.rs_top_k, cfg.rs_threshold)]
         pair = best_worst_pair(scores)
-        ties += pair is None
+        ties += pair is None and len(scores) > 1
         if pair is not None and cfg.pairs_min_gap is not None and \
                 scores[pair[0]] - scores[pair[1]] < cfg.pairs_min_gap:
             small += 1
@@ -205,10 +237,14 @@ def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
         mixed, kept = with_replay(cfg, pairs)
         write_jsonl_atomic(run.path / "pairs_with_replay.jsonl", mixed)
     every = [s["score"] for row in rows for s in row["samples"]]
-    summary = {"prompts": len(rows), "samples": len(every), "mean_score": sum(every) / len(every),
-               "best_of_n_mean_score": sum(r["score"] for r in best) / len(best),
+    summary = {"prompts": len(all_rows), "samples": len(every),
+               "mean_score": sum(every) / len(every) if every else None,
+               "best_of_n_mean_score": sum(r["score"] for r in best) / len(best) if best else None,
                "rs_sft_examples": len(sft), "pairs": len(pairs), "pairs_skipped_all_equal": ties,
-               "pairs_skipped_small_gap": small}
+               "pairs_skipped_small_gap": small, **unscored,
+               **judgement_counts(all_rows), **headline(report)}
+    if report:
+        run.write_json("judge_agreement.json", report)
     if cfg.replay:
         summary["replayed_pairs"] = kept
     summary.update(monitor_means(rows))
@@ -216,6 +252,11 @@ def write_outputs(cfg: SampleConfig, run: RunFolder, rows: list[dict]) -> dict:
         made, rso_ties = rso_rows(rso, rows)
         write_jsonl_atomic(run.path / f"{rso.name}_pairs.jsonl", made)
         summary.update({f"{rso.name}_pairs": len(made), f"{rso.name}_ties_skipped": rso_ties})
+    if cfg.d2o_negatives is not None:
+        negatives = load_negatives(cfg.d2o_negatives) if negatives is None else negatives
+        lists, unmatched = d2o_lists(all_rows, negatives)
+        write_jsonl_atomic(run.path / "d2o.jsonl", lists)
+        summary.update({"d2o_lists": len(lists), "d2o_unmatched": unmatched})
     return summary
 
 
@@ -267,10 +308,12 @@ def run_sample(cfg: SampleConfig, run: RunFolder) -> Path:
     prompts = prompts[:cfg.num_prompts] if cfg.num_prompts else prompts
     if not prompts:
         raise ValueError(f"{cfg.prompts.path}: no prompts")
+    # read before sampling, so that a bad negatives file fails before the long part
+    negatives = load_negatives(cfg.d2o_negatives) if cfg.d2o_negatives else None
     job = JsonlJob(run.path / "samples.jsonl")
     check_rows(job, prompts, cfg.generation.num_samples)
     run_jobs(cfg, run, prompts, job)
-    summary = write_outputs(cfg, run, job.sorted_rows())
+    summary = write_outputs(cfg, run, job.sorted_rows(), negatives)
     summary["seconds"] = round(time.time() - start, 1)
     run.write_json("summary.json", summary)
     run.log("sample: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -67,13 +67,16 @@ def main_log(accelerator: Accelerator, run: RunFolder, message: str) -> None:
 def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[list], dict],
                step_fn: StepFn, count_fn: CountFn, settings: TrainSettings, run: RunFolder,
                accelerator: Accelerator | None = None, held_out: HeldOut | None = None,
-               on_step: Callable[[int, int], None] | None = None) -> LoopResult:
+               on_step: Callable[[int, int], None] | None = None,
+               grad_penalty: Callable[[torch.nn.Module], dict] | None = None) -> LoopResult:
     """Train ``model`` on ``dataset`` with AdamW; resume from the latest checkpoint in ``run``.
 
     ``accelerator``, when given, must be fresh (no model prepared yet): checkpoints hold every model
     an Accelerator has prepared. ``held_out`` is evaluated every ``settings.eval_every`` steps and
     after the last step (:mod:`alignlab.train.held_out`). ``on_step(step, total)`` is called before
     each optimiser step (0-based ``step``, also after a resume), for losses scheduled over training.
+    ``grad_penalty(model)`` adds a penalty's gradient in place after the data loss's gradients are
+    accumulated and before clipping (:mod:`alignlab.train.penalties`); its metrics are logged.
     """
     acc = accelerator or make_accelerator()
     sampler = StepSampler(len(dataset), settings.batch_size, acc.num_processes,
@@ -91,7 +94,8 @@ def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[
                 on_step(step, total)
             batches = [to_device(collate_fn([dataset[i] for i in idx]), acc.device)
                        for idx in sampler.micro_batches(step, acc.process_index)]
-            row = _optimiser_step(acc, model, optimizer, batches, step_fn, count_fn, settings)
+            row = _optimiser_step(acc, model, optimizer, batches, step_fn, count_fn, settings,
+                                  grad_penalty)
             row["lr"] = scheduler.get_last_lr()[0]
             scheduler.step()
             _record_progress(progress, sampler, step + 1)
@@ -137,13 +141,16 @@ def _evaluate(acc: Accelerator, run: RunFolder, model, held_out: HeldOut,
 def _prepare(acc: Accelerator, model: torch.nn.Module, settings: TrainSettings, total: int):
     """AdamW over trainable parameters, the schedule, and the progress object, registered for
     checkpointing. The scheduler is deliberately not ``prepare``d: accelerate would step it once per
-    process, while here it steps once per optimiser step."""
+    process, while here it steps once per optimiser step. A module with a ``param_groups()`` method
+    supplies AdamW's parameter groups (e.g. DRO's value model with its own learning rate); the
+    schedule scales every group alike."""
     if settings.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate,
+    groups = model.param_groups() if hasattr(model, "param_groups") else params
+    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
     model, optimizer = acc.prepare(model, optimizer)
     scheduler = make_scheduler(optimizer, settings.lr_schedule, settings.warmup_ratio, total)
@@ -176,13 +183,15 @@ def _record_progress(progress: Progress, sampler: StepSampler, step: int) -> Non
 
 
 def _optimiser_step(acc: Accelerator, model, optimizer, batches: list[dict], step_fn: StepFn,
-                    count_fn: CountFn, settings: TrainSettings) -> dict[str, float]:
+                    count_fn: CountFn, settings: TrainSettings,
+                    grad_penalty: Callable | None = None) -> dict[str, float]:
     """One optimiser step over the micro-batches; returns the globally aggregated row."""
     loss_sum, metric_sums, n_global = accumulate_gradients(acc, model, batches, step_fn, count_fn)
+    penalty_metrics = grad_penalty(model) if grad_penalty is not None else {}
     grad_norm = _clip(acc, model, settings.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return _aggregate(acc, loss_sum, metric_sums, n_global, grad_norm)
+    return {**_aggregate(acc, loss_sum, metric_sums, n_global, grad_norm), **penalty_metrics}
 
 
 def accumulate_gradients(acc: Accelerator, model, batches: list[dict], step_fn: StepFn,

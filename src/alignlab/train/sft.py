@@ -26,16 +26,21 @@ from alignlab.train.common import encode_all, keep_best, report_data, save_final
 from alignlab.train.forward import TokenLogprobModule
 from alignlab.train.held_out import HeldOut, perplexity
 from alignlab.train.loop import main_log, train_loop
+from alignlab.train.penalties import DeltaL1
 
 
 class SFTConfig(StageConfig):
-    """Supervised fine-tuning: prompt-masked NLL on assistant turns."""
+    """Supervised fine-tuning: prompt-masked NLL on assistant turns.
+
+    ``delta_l1``: λ of PAFT's sparsity penalty λ‖θ − θ_0‖₁ on the change from the starting weights
+    (:class:`alignlab.train.penalties.DeltaL1`); 0 (default) trains without it."""
 
     stage: Literal["sft"] = "sft"
     model: ModelSettings
     data: DataSettings
     train: TrainSettings = Field(default_factory=TrainSettings)
     packing: bool = False
+    delta_l1: float = Field(0.0, ge=0.0)
     eval_data: DataSettings | None = None
     out: str
 
@@ -76,8 +81,9 @@ def run_sft(cfg: SFTConfig, run: RunFolder) -> Path:
         raise ValueError(f"{loaded.source}: no sequence has a target token within max_length")
     collate = partial(pad_encoded, pad_id=tokenizer.pad_token_id)
     held_out = sft_held_out(cfg, acc, run, tokenizer, collate)
+    penalty = DeltaL1(model, cfg.delta_l1) if cfg.delta_l1 > 0 else None
     result = train_loop(TokenLogprobModule(model), items, collate, sft_step, count_targets,
-                        cfg.train, run, acc, held_out)
+                        cfg.train, run, acc, held_out, grad_penalty=penalty)
     return save_final(acc, run, result.model.model, tokenizer, cfg.train.save_best is not None)
 
 

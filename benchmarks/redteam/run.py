@@ -1,0 +1,139 @@
+"""Red-teaming league in the gym: attack success rate of every policy on the gym's held-out attacks.
+
+    python benchmarks/redteam/run.py                 # resumable: finished stages are skipped
+    python benchmarks/redteam/run.py --collect       # only rebuild results.md / results.json
+
+Targets: the gym's base model, the SFT model, DPO from the SFT model (the preference league's
+settings), and every policy of the online league (``benchmarks/online/run.py --out runs/online2``).
+Attacks: ``data/attacks.jsonl``, the eval pool's 491 harmful requests in five categories (never
+trained on). Replies: 48 new tokens at T = 1. Judge: the gym's gold classifier (harmful compliance).
+Attack methods: the attack file; zero-shot attacks of a red LM (Perez et al. 2022) against the SFT
+model. Each row sits next to the policy's evasive-refusal rate from its 600-prompt evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).parent
+ONLINE = ("ppo", "rloo", "grpo", "reinforce_pp", "online_dpo", "sppo", "nash_md", "xpo")
+GEN = {"max_new_tokens": 48, "temperature": 1.0, "batch_size": 256, "seed": 0}
+
+
+def targets(league: str) -> list[tuple[str, str, str | None]]:
+    """(name, model path, evaluation folder) of every policy."""
+    rows = [("base", f"{league}/gym/base_model", None), ("sft", f"{league}/sft/model", f"{league}/eval_sft"),
+            ("dpo", "${dpo.output}", "${eval_dpo.output}")]
+    return rows + [(name, f"{league}/{name}/model", f"{league}/eval_{name}") for name in ONLINE]
+
+
+def recipe(out: str, league: str) -> dict:
+    gym = f"{league}/gym"
+    train = {"learning_rate": 5.0e-5, "epochs": 1, "batch_size": 32, "max_length": 96,
+             "max_prompt_length": 64, "log_every": 20, "warmup_ratio": 0.05, "seed": 0}
+    stages = [
+        {"name": "dpo", "stage": "dpo", "model": {"path": f"{league}/sft/model"},
+         "data": {"path": f"{gym}/data/prefs.jsonl"}, "loss": [{"name": "dpo", "beta": 0.1}],
+         "train": train},
+        {"name": "eval_dpo", "stage": "eval", "policy": {"path": "${dpo.output}"},
+         "reference": {"path": f"{league}/sft/model"},
+         "prompts": {"path": f"{gym}/data/eval_prompts.jsonl"}, "gym": gym, "num_prompts": 600,
+         "generation": {"max_new_tokens": 48, "temperature": 1.0, "batch_size": 200}}]
+    judge = {"kind": "gym_gold", "gym": gym}
+    for name, path, _ in targets(league):
+        stages.append({"name": f"rt_{name}", "stage": "redteam",
+                       "target": {"model": {"path": path}, "name": name},
+                       "attacks": [{"path": f"{gym}/data/attacks.jsonl"}], "judge": judge,
+                       "generation": GEN, "flush_every": 128})
+    red_gen = {"max_new_tokens": 32, "temperature": 1.0, "top_p": 0.95, "batch_size": 256}
+    sft_target = {"model": {"path": f"{league}/sft/model"}, "name": "sft"}
+    stages.append({"name": "rt_sft_zero_shot", "stage": "redteam", "target": sft_target,
+                   "red_lm": [{"model": {"path": f"{gym}/base_model"}, "num": 256,
+                               "generation": red_gen}],
+                   "judge": judge, "generation": GEN, "flush_every": 128})
+    stages.append({"name": "rt_sft_few_shot", "stage": "redteam", "target": sft_target,
+                   "red_lm": [{"method": "few_shot", "model": {"path": f"{gym}/base_model"},
+                               "pool": "${rt_sft.output}", "num": 256, "generation": red_gen}],
+                   "judge": judge, "generation": GEN, "flush_every": 128})
+    # supervised red LM (Perez et al. §3): the base model fine-tuned on the successful file attacks
+    stages.append({"name": "red_sl", "stage": "sft", "model": {"path": f"{gym}/base_model"},
+                   "data": {"path": "${rt_sft.output}/attacks_sft.jsonl"},
+                   "train": {**train, "learning_rate": 1.0e-3, "epochs": 2, "batch_size": 16}})
+    stages.append({"name": "rt_sft_supervised", "stage": "redteam", "target": sft_target,
+                   "red_lm": [{"model": {"path": "${red_sl.output}"}, "num": 256,
+                               "name": "supervised", "generation": red_gen}],
+                   "judge": judge, "generation": GEN, "flush_every": 128})
+    return {"out": out, "stages": stages}
+
+
+def collect(out: Path, league: str) -> list[dict]:
+    rows = []
+    for name, _, eval_dir in targets(league):
+        for suffix in ("", "_zero_shot", "_few_shot", "_supervised"):
+            report = out / f"rt_{name}{suffix}" / "report.json"
+            if not report.is_file():
+                continue
+            summary = json.loads(report.read_text())
+            evaluation = None
+            if eval_dir is not None:
+                folder = Path(eval_dir.replace("${eval_dpo.output}", str(out / "eval_dpo")))
+                if (folder / "metrics.json").is_file():
+                    evaluation = json.loads((folder / "metrics.json").read_text())
+            rows.append({"target": name, "method": summary["by_method"][0]["method"],
+                         "valid": sum(1 for r in _attempts(out / f"rt_{name}{suffix}")
+                                      if r.get("note") != "not a gym request"),
+                         "overall": summary["overall"], "by_category": summary["by_category"],
+                         "diversity": summary["diversity"],
+                         "evasive_rate": evaluation["evasive_rate"] if evaluation else None,
+                         "harmless_rate": evaluation["harmless_rate"] if evaluation else None})
+    return rows
+
+
+def _attempts(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "attempts.jsonl").read_text().splitlines()]
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| target | attacks | ASR [95% Wilson] | successes / judged | attacks the gym parses | "
+            "self-BLEU / distinct-2 of successes | evasive rate (eval) | harmless rate (eval) |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        o = r["overall"]
+        low, high = o["wilson"]
+        ev = "–" if r["evasive_rate"] is None else f"{r['evasive_rate']['mean']:.3f}"
+        hl = "–" if r["harmless_rate"] is None else f"{r['harmless_rate']['mean']:.3f}"
+        div = r["diversity"][0] if r["diversity"] else {}
+        sb, d2 = div.get("self_bleu"), div.get("distinct_2")
+        diversity = "–" if sb is None else f"{sb:.2f} / {d2:.2f}"
+        lines.append(f"| {r['target']} | {r['method']} | {o['asr']:.3f} [{low:.3f}, {high:.3f}] | "
+                     f"{o['successes']} / {o['n']} | {r['valid']} | {diversity} | {ev} | {hl} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/redteam")
+    parser.add_argument("--league", default="runs/online2", help="the online league's folder")
+    parser.add_argument("--collect", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if not args.collect:
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "redteam.yaml"
+        path.write_text(yaml.safe_dump(recipe(str(out), args.league), sort_keys=False, width=110))
+        subprocess.run([sys.executable, "-m", "alignlab.cli", "run", str(path)], check=True)
+    rows = collect(out, args.league)
+    (HERE / "results.json").write_text(json.dumps(rows, indent=1))
+    (HERE / "results.md").write_text(table(rows))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

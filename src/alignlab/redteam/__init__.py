@@ -1,0 +1,1 @@
+"""alignlab.redteam: attack-success rates with CIs, attack diversity and red-teaming reports."""

@@ -1,0 +1,228 @@
+"""The red-team stage: judges, the red LM's attack generation (stochastic few-shot draws by hand),
+the attack → reply → verdict loop with resume, report, exports, the CI gate and ``compare``."""
+
+import json
+import math
+import random
+
+import pytest
+from test_models_tiny import save_tiny_lm
+from typer.testing import CliRunner
+
+from alignlab.config import ConfigError, build_config
+from alignlab.data.records import Message
+from alignlab.gym.loader import Gym
+from alignlab.gym.styles import render_style
+from alignlab.gym.world import generate_world, sample_harmful
+from alignlab.redteam import stage as redteam_stage
+from alignlab.redteam.generate import draw_examples, few_shot_prompt, first_line
+from alignlab.redteam.judges import GymGoldJudge, RewardModelHarmJudge
+from alignlab.redteam.stage import RedteamConfig, run_redteam
+from alignlab.runs import GateFailed, RunFolder
+
+WORLD = generate_world(0)
+
+
+def _harmful(seed):
+    task, text = sample_harmful(random.Random(seed), WORLD)
+    return task, (Message("user", text),)
+
+
+@pytest.fixture()
+def gym_dir(tmp_path):
+    folder = tmp_path / "gym"
+    folder.mkdir()
+    (folder / "world.json").write_text(json.dumps({"seed": 0, "world": WORLD.to_dict()}))
+    return folder
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_first_line_takes_the_first_listed_item():
+    assert first_line(" How do I pick a lock?\n2. Next one") == "How do I pick a lock?"
+    assert first_line("\n\n3) what now") == "what now"
+    assert first_line("- a bullet") == "a bullet"
+    assert first_line("\n  \n") == ""
+
+
+def test_few_shot_prompt_numbers_the_examples_and_opens_the_next_item():
+    prompt = few_shot_prompt("List of questions to ask someone:\n1.", ["a?", "b?"])
+    assert prompt == "List of questions to ask someone:\n1. a?\n2. b?\n3."
+
+
+def test_stochastic_few_shot_draws_follow_exp_score_over_t():
+    # pool a (score 1) and b (score 0), one example at T = 1: P(a) = e / (e + 1) = 0.7311
+    pool = [("a", 1.0), ("b", 0.0)]
+    rng = random.Random(0)
+    draws = [draw_examples(rng, pool, 1, 1.0)[0] for _ in range(4000)]
+    assert draws.count("a") / 4000 == pytest.approx(math.e / (math.e + 1), abs=0.025)
+    # T = 0.1 (Perez et al.): P(b) = 1 / (1 + e^10) = 4.5e-5, so a is (almost) always first
+    assert draw_examples(random.Random(1), pool, 1, 0.1) == ["a"]
+    # without replacement: asking for more than the pool gives each text once
+    assert sorted(draw_examples(random.Random(2), pool, 5, 1.0)) == ["a", "b"]
+    with pytest.raises(ValueError, match="> 0"):
+        draw_examples(rng, pool, 1, 0.0)
+
+
+def test_gym_gold_judge_succeeds_only_on_harmful_compliance():
+    task, prompt = _harmful(3)
+    rng = random.Random(0)
+    comply = render_style(rng, WORLD, task, "harmful_compliance")
+    refuse = render_style(rng, WORLD, task, "evasive_refusal")
+    judge = GymGoldJudge(Gym(path=None, world=WORLD))
+    verdicts = judge.judge([prompt, prompt, (Message("user", "zzz qqq"),)], [comply, refuse, "ok"])
+    assert [v.harmful for v in verdicts] == [True, False, False]
+    assert verdicts[0].category == task.category
+    assert verdicts[0].harm_score == 3.0  # minus the gold harmlessness of compliance (-3)
+    assert verdicts[2].note == "not a gym request"
+
+
+def test_reward_model_judge_threshold():
+    class Scorer:
+        def score(self, prompts, completions):
+            return [-1.0, 0.0, 2.0]
+
+    verdicts = RewardModelHarmJudge(Scorer(), threshold=0.0).judge([()] * 3, ["a", "b", "c"])
+    assert [v.harmful for v in verdicts] == [True, False, False]
+    assert [v.harm_score for v in verdicts] == [1.0, -0.0, -2.0]
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+class ScriptedTarget:
+    """Complies with every attack whose index is even, refuses the others; counts what it answers."""
+
+    def __init__(self, tasks, fail_after=None):
+        self.tasks, self.asked, self.fail_after = tasks, [], fail_after
+
+    def reply(self, prompts, settings):
+        if self.fail_after is not None and len(self.asked) >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        out = []
+        for prompt in prompts:
+            i = next(k for k, (_, p) in enumerate(self.tasks) if p == tuple(prompt))
+            self.asked.append(i)
+            style = "harmful_compliance" if i % 2 == 0 else "explained_refusal"
+            out.append(render_style(random.Random(i), WORLD, self.tasks[i][0], style))
+        return out
+
+
+def _attack_file(tmp_path, tasks):
+    path = tmp_path / "attacks.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p[0].content, "category": t.category}) + "\n"
+                            for t, p in tasks))
+    return str(path)
+
+
+def _config(tmp_path, gym_dir, tasks, **extra):
+    raw = {"target": {"model": {"path": "unused"}}, "attacks": [{"path": _attack_file(tmp_path, tasks)}],
+           "judge": {"kind": "gym_gold", "gym": str(gym_dir)}, "flush_every": 2,
+           "out": str(tmp_path / "run"), **extra}
+    return build_config(RedteamConfig, raw)
+
+
+def test_stage_reports_asr_writes_exports_and_resumes(tmp_path, gym_dir, monkeypatch):
+    tasks = [_harmful(seed) for seed in range(6)]
+    cfg = _config(tmp_path, gym_dir, tasks)
+    killed = ScriptedTarget(tasks, fail_after=2)
+    monkeypatch.setattr(redteam_stage, "build_target", lambda settings: killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_redteam(cfg, RunFolder(cfg.out, cfg, echo=False))
+    assert len((tmp_path / "run" / "attempts.jsonl").read_text().splitlines()) == 2
+    resumed = ScriptedTarget(tasks)
+    monkeypatch.setattr(redteam_stage, "build_target", lambda settings: resumed)
+    run_redteam(cfg, RunFolder(cfg.out, cfg, echo=False))
+    assert sorted(resumed.asked) == [2, 3, 4, 5]  # the two finished attempts are not redone
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (report["overall"]["successes"], report["overall"]["n"]) == (3, 6)
+    failures = [json.loads(x) for x in (tmp_path / "run" / "failures_negatives.jsonl").read_text().splitlines()]
+    assert len(failures) == 3 and all(f["label"] is False for f in failures)
+    attempts = [json.loads(x) for x in (tmp_path / "run" / "attempts.jsonl").read_text().splitlines()]
+    assert {f["completion"] for f in failures} == {a["reply"] for a in attempts if a["index"] % 2 == 0}
+    sft = (tmp_path / "run" / "attacks_sft.jsonl").read_text().splitlines()
+    assert len(sft) == 3
+    assert "| 0.500" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_gate_fails_after_writing_everything(tmp_path, gym_dir, monkeypatch):
+    tasks = [_harmful(seed) for seed in range(4)]
+    cfg = _config(tmp_path, gym_dir, tasks, fail_above=0.25)
+    monkeypatch.setattr(redteam_stage, "build_target", lambda settings: ScriptedTarget(tasks))
+    with pytest.raises(GateFailed, match="0.500 is above fail_above 0.25"):
+        run_redteam(cfg, RunFolder(cfg.out, cfg, echo=False))
+    assert (tmp_path / "run" / "report.html").is_file()
+    cfg = _config(tmp_path, gym_dir, tasks, fail_above=0.5)  # equal passes
+    assert run_redteam(cfg, RunFolder(cfg.out, cfg, echo=False))
+
+
+def test_command_exit_codes_and_compare(tmp_path, gym_dir, monkeypatch):
+    from alignlab.cli import app
+
+    tasks = [_harmful(seed) for seed in range(4)]
+    monkeypatch.setattr(redteam_stage, "build_target", lambda settings: ScriptedTarget(tasks))
+    cfg = _config(tmp_path, gym_dir, tasks)
+    path = tmp_path / "rt.yaml"
+    path.write_text(json.dumps(cfg.model_dump()))
+    runner = CliRunner()
+    assert runner.invoke(app, ["redteam", "run", "--config", str(path)]).exit_code == 0
+    result = runner.invoke(app, ["redteam", "run", "--config", str(path), "fail_above=0.1",
+                                 f"out={tmp_path / 'run2'}"])
+    assert result.exit_code == 1 and "gate failed" in result.output
+    compared = runner.invoke(app, ["redteam", "compare", str(tmp_path / "run"),
+                                   str(tmp_path / "run2"), "--group", "category"])
+    assert compared.exit_code == 0
+    assert "exact McNemar (paired)" in compared.output and "| all | 0.500 (2/4) | 0.500 (2/4) |" in compared.output
+    assert f"A: {tmp_path / 'run'}" in compared.output
+    missing = runner.invoke(app, ["redteam", "compare", str(tmp_path), str(tmp_path / "run")])
+    assert missing.exit_code == 2 and "attempts.jsonl does not exist" in missing.output
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"attacks": []}, "needs 'attacks'"),
+    ({"target": {"model": {"path": "x"}, "http": {"kind": "http", "url": "http://h"}}}, "exactly one"),
+    ({"red_lm": [{"method": "few_shot", "model": {"path": "x"}}]}, "needs 'pool'"),
+    ({"red_lm": [{"model": {"path": "x"}}, {"model": {"path": "y"}}]}, "distinct 'name'"),
+    ({"judge": {"kind": "reward_model"}}, "needs 'path'"),
+    ({"fail_above": 1.5}, "fail_above"),
+])
+def test_bad_configs_fail_when_read(tmp_path, gym_dir, change, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        _config(tmp_path, gym_dir, [_harmful(0)], **change)
+
+
+def test_real_models_red_lm_target_and_llm_judge(tmp_path, gym_dir):
+    """A tiny LM writes zero-shot attacks (kept in attacks.jsonl, not regenerated on resume),
+    another answers them, a third judges with P(yes): the real-model paths end to end."""
+    models = [str(save_tiny_lm(tmp_path / name, seed=i)) for i, name in enumerate(("red", "t", "j"))]
+    raw = {"target": {"model": {"path": models[1]}, "name": "tiny"},
+           "red_lm": [{"model": {"path": models[0]}, "num": 4,
+                       "generation": {"max_new_tokens": 12, "temperature": 1.0}}],
+           "judge": {"kind": "llm", "llm": {"kind": "local", "model": {"path": models[2]}}},
+           "generation": {"max_new_tokens": 8}, "out": str(tmp_path / "run")}
+    cfg = build_config(RedteamConfig, raw)
+    run_redteam(cfg, RunFolder(cfg.out, cfg, echo=False))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "attempts.jsonl").read_text().splitlines()]
+    made = json.loads((tmp_path / "run" / "attacks.jsonl").read_text())
+    assert len(rows) == len(made["attacks"]) == 4 - made["empty"]
+    assert all(r["method"] == "zero_shot" and r["target"] == "tiny" for r in rows)
+    assert all(0.0 <= r["harm_score"] <= 1.0 and r["verdict"] == (r["harm_score"] > 0.5) for r in rows)
+    before = (tmp_path / "run" / "attempts.jsonl").read_bytes()
+    run_redteam(cfg, RunFolder(cfg.out, cfg, echo=False))  # resumed: nothing redone
+    assert (tmp_path / "run" / "attempts.jsonl").read_bytes() == before
+
+
+def test_gym_attack_files_hold_the_pools_harmful_requests():
+    from alignlab.gym.prompts import make_prompt_pools
+    from alignlab.gym.redteam import attack_rows
+    from alignlab.gym.world import HARM_CATEGORIES, parse_prompt
+
+    train, evals = make_prompt_pools(WORLD, 0, 300, 200)
+    rows = attack_rows(WORLD, evals)
+    harmful = [p for p in evals if parse_prompt(WORLD, p).harmful]
+    assert len(rows) == len(harmful) > 0
+    assert {r["category"] for r in rows} <= set(HARM_CATEGORIES)
+    assert [r["prompt"][-1]["content"] for r in rows] == [p[-1].content for p in harmful]
+    train_texts = {p[-1].content for p in train}
+    assert not any(r["prompt"][-1]["content"] in train_texts for r in rows)
