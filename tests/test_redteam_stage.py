@@ -226,3 +226,58 @@ def test_gym_attack_files_hold_the_pools_harmful_requests():
     assert [r["prompt"][-1]["content"] for r in rows] == [p[-1].content for p in harmful]
     train_texts = {p[-1].content for p in train}
     assert not any(r["prompt"][-1]["content"] in train_texts for r in rows)
+
+
+# ----------------------------------------------------------------------------- RL red LM reward
+
+
+def test_diversity_bonus_by_hand():
+    from alignlab.redteam.scorer import diversity_bonus
+
+    # the two copies each have an identical other text (BLEU 1 -> bonus 0); the third shares no
+    # unigram with them (BLEU 0 -> bonus 1); an empty attack gets 0
+    assert diversity_bonus(["a b c d", "a b c d", "x y z w", ""]) == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_redteam_reward_sends_the_first_line_to_the_target(gym_dir):
+    from alignlab.config import RedTeamRewardSettings
+    from alignlab.redteam.scorer import RedTeamScorer
+
+    tasks = [_harmful(seed) for seed in range(4)]
+    settings = RedTeamRewardSettings(target={"path": "unused"},
+                                     judge={"kind": "gym_gold", "gym": str(gym_dir)},
+                                     diversity_weight=0.5)
+    scorer = RedTeamScorer(ScriptedTarget(tasks), GymGoldJudge(Gym(path=None, world=WORLD)),
+                           settings)
+    samples = [f" {p[0].content}\n2. more" for _, p in tasks[:2]] + ["\n", tasks[2][1][0].content]
+    rewards = scorer.score([()] * 4, samples)
+    # attack 0 is complied with (even index) and attack 1 refused; the empty sample earns nothing;
+    # attack 2 (even) succeeds. Bonuses: 0.5 * (1 - BLEU against the others), below 0.5 each
+    assert rewards[0] > 1.0 and rewards[1] < 0.5 and rewards[2] == 0.0 and rewards[3] > 1.0
+    assert [d.get("harmful") for d in scorer.last_details] == [True, False, None, True]
+    assert scorer.last_details[0]["attack"] == tasks[0][1][0].content
+
+
+def test_online_red_lm_with_a_redteam_reward_runs(tmp_path, gym_dir):
+    """One RLOO iteration of a tiny red LM against a tiny target judged by the gym: every sampled
+    attack is scored (here none is a gym request, so every reward is 0 and the loss is 0)."""
+    from test_train_stages import _write_jsonl
+
+    from alignlab.rl.trainer import OnlineConfig, run_online
+    from alignlab.runs import read_metrics
+
+    red, target = (str(save_tiny_lm(tmp_path / n, seed=i)) for i, n in enumerate(("red", "t")))
+    prompts = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "List of questions to ask someone:\n1."}] * 4)
+    reward = {"kind": "redteam", "redteam": {"target": {"path": target},
+                                             "judge": {"kind": "gym_gold", "gym": str(gym_dir)},
+                                             "generation": {"max_new_tokens": 6}}}
+    cfg = build_config(OnlineConfig, {
+        "algorithm": "rloo", "model": {"path": red}, "prompts": {"path": prompts},
+        "reward": [reward], "generation": {"num_samples": 2, "max_new_tokens": 8},
+        "train": {"max_steps": 1, "batch_size": 2, "max_length": 64, "max_prompt_length": 32},
+        "rl": {"kl_coef": 0.0}, "out": str(tmp_path / "rl")})
+    run_online(cfg, RunFolder(cfg.out, cfg, echo=False))
+    row = next(r for r in read_metrics(tmp_path / "rl") if "reward/redteam" in r)
+    assert row["reward/redteam"] == 0.0
+    with pytest.raises((ConfigError, ValueError), match="needs 'redteam'"):
+        build_config(OnlineConfig, {**cfg.model_dump(), "reward": [{"kind": "redteam"}]})

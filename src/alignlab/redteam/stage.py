@@ -35,21 +35,21 @@ from pydantic import Field, model_validator
 
 from alignlab.config import (
     GenerationSettings,
+    HarmJudgeSettings,
     JudgeSettings,
     ModelSettings,
     StageConfig,
     StrictModel,
 )
-from alignlab.data.records import Messages, messages_from_list, messages_to_list
+from alignlab.data.records import messages_from_list, messages_to_list
 from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
-from alignlab.feedback.judges import build_judge
-from alignlab.feedback.prompts import render_judge_text
 from alignlab.generation.factory import make_generator
 from alignlab.models.loading import load_causal_lm
 from alignlab.redteam.attacks import Attack, AttackDataSettings, attack_to_dict, load_attacks
 from alignlab.redteam.generate import ZERO_SHOT_INSTRUCTION, attack_sft_rows, generate_attacks
-from alignlab.redteam.judges import HarmJudgeSettings, build_harm_judge
+from alignlab.redteam.judges import build_harm_judge
 from alignlab.redteam.report import gate, write_report
+from alignlab.redteam.target import build_target
 from alignlab.runs import GateFailed, RunFolder
 
 
@@ -176,39 +176,6 @@ def generated_attacks(cfg: RedteamConfig, run: RunFolder) -> list[Attack]:
 def _attack_from_dict(row: dict) -> Attack:
     return Attack(row["id"], messages_from_list(row["prompt"]), row.get("category"),
                   row.get("source", "file"), row.get("meta") or {})
-
-
-# ----------------------------------------------------------------------------- target
-
-
-class LocalTarget:
-    """Replies of a local model through the hf generation backend."""
-
-    def __init__(self, settings: ModelSettings):
-        model, tokenizer = load_causal_lm(settings, for_training=False)
-        self.generator = make_generator("hf", model, tokenizer)
-
-    def reply(self, prompts: Sequence[Messages], settings: GenerationSettings) -> list[str]:
-        samples = self.generator.generate(list(prompts), settings.model_copy(update={"num_samples": 1}))
-        return [group[0].text.strip() for group in samples]
-
-
-class HTTPTarget:
-    """Replies of an OpenAI-compatible completions endpoint (the key comes from the environment
-    variable the settings name and is never written anywhere)."""
-
-    def __init__(self, settings: JudgeSettings):
-        self.endpoint = build_judge(settings)
-
-    def reply(self, prompts: Sequence[Messages], settings: GenerationSettings) -> list[str]:
-        tokenizer = getattr(self.endpoint, "tokenizer", None)
-        texts = [render_judge_text(tokenizer, p) for p in prompts]
-        return [t.strip() for t in self.endpoint.continue_texts(
-            texts, settings.max_new_tokens, settings.temperature, settings.seed)]
-
-
-def build_target(settings: TargetSettings):
-    return LocalTarget(settings.model) if settings.model is not None else HTTPTarget(settings.http)
 
 
 # ----------------------------------------------------------------------------- attempts

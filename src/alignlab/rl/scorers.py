@@ -189,6 +189,10 @@ def build_one_scorer(settings, policy=None, tokenizer=None, device=None):
             raise ValueError("reward kind 'self_judge' needs the policy model")
         extra = {"template": settings.template} if settings.template else {}
         return SelfJudgeScorer(policy, tokenizer, batch_size=settings.batch_size, name=name, **extra)
+    if settings.kind == "redteam":
+        from alignlab.redteam.scorer import redteam_scorer
+
+        return redteam_scorer(settings.redteam, device, name)
     if settings.kind == "self_reward":
         from alignlab.feedback.self_reward import self_reward_scorer
 
