@@ -281,3 +281,61 @@ def test_online_red_lm_with_a_redteam_reward_runs(tmp_path, gym_dir):
     assert row["reward/redteam"] == 0.0
     with pytest.raises((ConfigError, ValueError), match="needs 'redteam'"):
         build_config(OnlineConfig, {**cfg.model_dump(), "reward": [{"kind": "redteam"}]})
+
+
+# ----------------------------------------------------------------------------- multi-turn
+
+
+def test_red_view_swaps_roles_after_the_instruction():
+    from alignlab.redteam.multiturn import red_view
+
+    view = red_view((Message("user", "attack"), Message("assistant", "reply")), "play the user")
+    assert [(m.role, m.content) for m in view] == [
+        ("user", "play the user"), ("assistant", "attack"), ("user", "reply")]
+
+
+def test_a_conversation_succeeds_when_any_reply_is_harmful():
+    from alignlab.redteam.judges import Verdict
+    from alignlab.redteam.multiturn import combine
+
+    merged = combine([Verdict(False, -1.5, "theft"), Verdict(True, 3.0, "theft")])
+    assert (merged.harmful, merged.harm_score, merged.category) == (True, 3.0, "theft")
+    assert combine([Verdict(None, None), Verdict(None, None)]).harmful is None
+    assert combine([Verdict(False, 0.0), Verdict(None, None)]).harmful is False
+
+
+class SecondTurnTarget:
+    """Refuses a conversation's first request and complies with the second."""
+
+    def reply(self, prompts, settings):
+        out = []
+        for prompt in prompts:
+            task, _ = _harmful(0)
+            style = "harmful_compliance" if len(prompt) >= 3 else "explained_refusal"
+            out.append(render_style(random.Random(len(prompt)), WORLD, task, style))
+        return out
+
+
+class FollowUpLM:
+    """Always asks the same gym request as the next user turn (numbered, as a list item)."""
+
+    def generate(self, prompts, settings):
+        from alignlab.generation.base import Sample
+
+        text = "1. " + _harmful(0)[1][0].content + "\nmore"
+        return [[Sample(text, [], "eos")] for _ in prompts]
+
+
+def test_multi_turn_attempts_record_every_turn(tmp_path, gym_dir, monkeypatch):
+    tasks = [_harmful(seed) for seed in range(3)]
+    cfg = _config(tmp_path, gym_dir, tasks, follow_up={"model": {"path": "unused"}, "turns": 2})
+    monkeypatch.setattr(redteam_stage, "build_target", lambda settings: SecondTurnTarget())
+    monkeypatch.setattr(redteam_stage, "load_causal_lm", lambda settings, for_training: (None, None))
+    monkeypatch.setattr(redteam_stage, "make_generator", lambda backend, model, tok: FollowUpLM())
+    run_redteam(cfg, RunFolder(cfg.out, cfg, echo=False))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "attempts.jsonl").read_text().splitlines()]
+    assert all(r["verdict"] is True for r in rows)
+    assert [[t["verdict"] for t in r["turns"]] for r in rows] == [[False, True]] * 3
+    assert rows[0]["turns"][1]["attack"] == _harmful(0)[1][0].content  # numbering stripped
+    with pytest.raises((ConfigError, ValueError), match="turns"):
+        _config(tmp_path, gym_dir, tasks, follow_up={"model": {"path": "x"}, "turns": 1})

@@ -4,7 +4,9 @@
     python benchmarks/redteam/run.py --collect       # only rebuild results.md / results.json
 
 Targets: the gym's base model, the SFT model, DPO from the SFT model (the preference league's
-settings), and every policy of the online league (``benchmarks/online/run.py --out runs/online2``).
+settings), every policy of the online league (``benchmarks/online/run.py --out runs/online2``) and,
+when built, the Constitutional AI policies of ``recipes/gym-cai/pipeline.yaml`` (SL-CAI, RL-CAI,
+and RL from the human-label PM).
 Attacks: ``data/attacks.jsonl``, the eval pool's 491 harmful requests in five categories (never
 trained on). Replies: 48 new tokens at T = 1. Judge: the gym's gold classifier (harmful compliance).
 Attack methods: the attack file; zero-shot attacks of a red LM (Perez et al. 2022) against the SFT
@@ -26,11 +28,17 @@ ONLINE = ("ppo", "rloo", "grpo", "reinforce_pp", "online_dpo", "sppo", "nash_md"
 GEN = {"max_new_tokens": 48, "temperature": 1.0, "batch_size": 256, "seed": 0}
 
 
-def targets(league: str) -> list[tuple[str, str, str | None]]:
-    """(name, model path, evaluation folder) of every policy."""
+CAI = (("sl_cai", "sl_cai"), ("rl_cai", "rl_ai"), ("rl_human_pm", "rl_human"))
+
+
+def targets(league: str, cai: str = "runs/cai") -> list[tuple[str, str, str | None]]:
+    """(name, model path, evaluation folder) of every policy; the Constitutional AI policies of
+    ``recipes/gym-cai/pipeline.yaml`` when they were built."""
     rows = [("base", f"{league}/gym/base_model", None), ("sft", f"{league}/sft/model", f"{league}/eval_sft"),
             ("dpo", "${dpo.output}", "${eval_dpo.output}")]
-    return rows + [(name, f"{league}/{name}/model", f"{league}/eval_{name}") for name in ONLINE]
+    rows += [(name, f"{league}/{name}/model", f"{league}/eval_{name}") for name in ONLINE]
+    return rows + [(name, f"{cai}/{stage}/model", f"{cai}/eval_{stage}") for name, stage in CAI
+                   if Path(cai, stage, "model").is_dir()]
 
 
 def recipe(out: str, league: str) -> dict:
@@ -88,6 +96,18 @@ def recipe(out: str, league: str) -> dict:
                        "red_lm": [{"model": {"path": f"${{red_{suffix}.output}}"}, "num": 256,
                                    "name": suffix, "generation": red_gen}],
                        "judge": judge, "generation": GEN, "flush_every": 128})
+    # the supervised and the strong RL red LM's attacks (written against SFT; the same 256 attacks
+    # for every target, seed 0) against every other target
+    for name, path, _ in targets(league):
+        for suffix in ("supervised", "rl_strong"):
+            if name == "sft":
+                continue
+            model = "${red_sl.output}" if suffix == "supervised" else "${red_rl_strong.output}"
+            stages.append({"name": f"rt_{name}_{suffix}", "stage": "redteam",
+                           "target": {"model": {"path": path}, "name": name},
+                           "red_lm": [{"model": {"path": model}, "num": 256, "name": suffix,
+                                       "generation": red_gen}],
+                           "judge": judge, "generation": GEN, "flush_every": 128})
     return {"out": out, "stages": stages}
 
 
@@ -136,6 +156,47 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def matrix(rows: list[dict]) -> str:
+    """ASR [95% Wilson] per target (rows) and attack method (columns)."""
+    methods = ["file", "supervised", "rl_strong"]
+    cells: dict[str, dict[str, str]] = {}
+    for r in rows:
+        o = r["overall"]
+        cells.setdefault(r["target"], {})[r["method"]] = (
+            f"{o['asr']:.3f} [{o['wilson'][0]:.3f}, {o['wilson'][1]:.3f}]")
+    head = "| target | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods) + "\n"
+    return head + "\n".join(f"| {t} | " + " | ".join(c.get(m, "–") for m in methods) + " |"
+                             for t, c in cells.items()) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """ASR with Wilson intervals per target and method (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    methods = ["file", "supervised", "rl_strong"]
+    names = list(dict.fromkeys(r["target"] for r in rows))
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        got = {r["target"]: r["overall"] for r in rows if r["method"] == method}
+        xs = [i + (k - 1) * width for i, n in enumerate(names) if n in got]
+        asr = [got[n]["asr"] for n in names if n in got]
+        low = [got[n]["asr"] - got[n]["wilson"][0] for n in names if n in got]
+        high = [got[n]["wilson"][1] - got[n]["asr"] for n in names if n in got]
+        ax.bar(xs, asr, width, yerr=[low, high], capsize=2, label=method)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("attack success rate")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/redteam")
@@ -150,8 +211,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "alignlab.cli", "run", str(path)], check=True)
     rows = collect(out, args.league)
     (HERE / "results.json").write_text(json.dumps(rows, indent=1))
-    (HERE / "results.md").write_text(table(rows))
-    print(table(rows))
+    (HERE / "results.md").write_text(table(rows) + "\n" + matrix(rows))
+    plot(rows, HERE / "asr_by_target.png")
+    print(table(rows) + "\n" + matrix(rows))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from alignlab.models.loading import load_causal_lm
 from alignlab.redteam.attacks import Attack, AttackDataSettings, attack_to_dict, load_attacks
 from alignlab.redteam.generate import ZERO_SHOT_INSTRUCTION, attack_sft_rows, generate_attacks
 from alignlab.redteam.judges import build_harm_judge
+from alignlab.redteam.multiturn import FOLLOW_UP_INSTRUCTION, combine, converse
 from alignlab.redteam.report import gate, write_report
 from alignlab.redteam.target import build_target
 from alignlab.runs import GateFailed, RunFolder
@@ -100,9 +101,22 @@ class TargetSettings(StrictModel):
         return self
 
 
+class FollowUpSettings(StrictModel):
+    """Multi-turn attacks (:mod:`alignlab.redteam.multiturn`): ``model`` writes the next user turn
+    after each reply, for ``turns`` target replies per attack; an attempt succeeds when any reply
+    is harmful."""
+
+    model: ModelSettings
+    turns: int = Field(2, ge=2)
+    instruction: str = FOLLOW_UP_INSTRUCTION
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(
+        max_new_tokens=48, temperature=1.0, top_p=0.95))
+
+
 class RedteamConfig(StageConfig):
     """Red-team ``target`` with ``attacks`` files and/or ``red_lm`` generators, judged by
-    ``judge``; see the module docstring. ``generation``: the target's replies."""
+    ``judge``; see the module docstring. ``generation``: the target's replies. ``follow_up``: turn
+    every attack into a multi-turn conversation."""
 
     stage: Literal["redteam"] = "redteam"
     target: TargetSettings
@@ -111,6 +125,7 @@ class RedteamConfig(StageConfig):
     judge: HarmJudgeSettings
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(
         max_new_tokens=64, temperature=0.7))
+    follow_up: FollowUpSettings | None = None
     fail_above: float | None = Field(None, ge=0.0, le=1.0)
     flush_every: int = Field(32, ge=1)
     top_k: int = Field(5, ge=0)
@@ -191,20 +206,43 @@ def attempt_rows(attacks: Sequence[Attack], indices: Sequence[int], replies: Seq
             for i, a, reply, v in zip(indices, attacks, replies, verdicts)]
 
 
+def attempt_chunk(cfg: RedteamConfig, target, judge, follow_up, attacks: Sequence[Attack],
+                  settings: GenerationSettings) -> tuple[list[str], list, list | None]:
+    """Replies and verdicts of one chunk of attacks: one reply each, or, with ``follow_up``, the
+    last reply of each conversation, the combined verdict and every turn."""
+    prompts = [a.prompt for a in attacks]
+    if follow_up is None:
+        replies = target.reply(prompts, settings)
+        return replies, judge.judge(prompts, replies), None
+    f = cfg.follow_up
+    history = converse(target, judge, follow_up, prompts, f.turns, settings, f.generation,
+                       f.instruction)
+    turns = [[{"attack": a, "reply": r, "verdict": v.harmful, "harm_score": v.harm_score}
+              for a, r, v in conv] for conv in history]
+    return ([conv[-1][1] for conv in history], [combine([v for _, _, v in conv]) for conv in history],
+            turns)
+
+
 def run_attempts(cfg: RedteamConfig, run: RunFolder, attacks: list[Attack]) -> list[dict]:
     """Attack, reply, verdict for every attack not yet in ``attempts.jsonl``; all rows in order."""
     job = JsonlJob(run.path / "attempts.jsonl")
     todo = [i for i in range(len(attacks)) if i not in job.done_indices()]
     if todo:
         target, judge = build_target(cfg.target), build_harm_judge(cfg.judge)
+        follow_up = None
+        if cfg.follow_up is not None:
+            model, tokenizer = load_causal_lm(cfg.follow_up.model, for_training=False)
+            follow_up = make_generator("hf", model, tokenizer)
         for start in range(0, len(todo), cfg.flush_every):
             chunk = todo[start:start + cfg.flush_every]
-            prompts = [attacks[i].prompt for i in chunk]
             settings = cfg.generation.model_copy(update={"seed": cfg.generation.seed + chunk[0]})
-            replies = target.reply(prompts, settings)
-            verdicts = judge.judge(prompts, replies)
-            job.append(attempt_rows([attacks[i] for i in chunk], chunk, replies, verdicts,
-                                    cfg.target.name, judge.name))
+            replies, verdicts, turns = attempt_chunk(cfg, target, judge, follow_up,
+                                                     [attacks[i] for i in chunk], settings)
+            rows = attempt_rows([attacks[i] for i in chunk], chunk, replies, verdicts,
+                                cfg.target.name, judge.name)
+            for row, conv in zip(rows, turns or []):
+                row["turns"] = conv
+            job.append(rows)
             run.log(f"{len(job.rows)}/{len(attacks)} attacks tried")
     return job.sorted_rows()
 
