@@ -339,3 +339,36 @@ def test_multi_turn_attempts_record_every_turn(tmp_path, gym_dir, monkeypatch):
     assert rows[0]["turns"][1]["attack"] == _harmful(0)[1][0].content  # numbering stripped
     with pytest.raises((ConfigError, ValueError), match="turns"):
         _config(tmp_path, gym_dir, tasks, follow_up={"model": {"path": "x"}, "turns": 1})
+
+
+def test_http_target_over_loopback_never_writes_the_key(tmp_path, gym_dir, monkeypatch):
+    """An OpenAI-compatible endpoint as the target (the key read from the environment): greedy
+    replies equal the local model's, and the key appears in no file of the run folder."""
+    from alignlab.config import GenerationSettings, ModelSettings
+    from alignlab.feedback.testing_server import serve_completions
+    from alignlab.models.loading import load_causal_lm
+    from alignlab.redteam.target import LocalTarget
+
+    folder = str(save_tiny_lm(tmp_path / "t", seed=4))
+    model, tokenizer = load_causal_lm(ModelSettings(path=folder), for_training=False)
+    key = "sk-redteam-secret-123"
+    server, url = serve_completions(model, tokenizer, api_key=key, model_name="tiny")
+    try:
+        monkeypatch.setenv("RT_TEST_KEY", key)
+        tasks = [_harmful(seed) for seed in range(3)]
+        cfg = _config(tmp_path, gym_dir, tasks,
+                      target={"http": {"kind": "http", "url": url, "model_name": "tiny",
+                                       "api_key_env": "RT_TEST_KEY", "model": {"path": folder}},
+                              "name": "http"},
+                      generation={"max_new_tokens": 6, "temperature": 0.0})
+        run_redteam(cfg, RunFolder(cfg.out, cfg, echo=False))
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "attempts.jsonl").read_text().splitlines()]
+    local = LocalTarget(ModelSettings(path=folder)).reply(
+        [t[1] for t in tasks], GenerationSettings(max_new_tokens=6, temperature=0.0))
+    assert [r["reply"] for r in rows] == local
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert key not in path.read_text(errors="ignore"), path

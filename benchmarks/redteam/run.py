@@ -78,14 +78,16 @@ def recipe(out: str, league: str) -> dict:
                                "name": "supervised", "generation": red_gen}],
                    "judge": judge, "generation": GEN, "flush_every": 128})
     # RL red LMs (Perez et al. §2.3): RLOO from the supervised red LM, reward 1 when the SFT model's
-    # reply is harmful compliance, KL 0.1 to the supervised red LM; a gentle and a strong setting
-    for suffix, lr, steps in (("rl", 5.0e-5, 30), ("rl_strong", 3.0e-4, 60)):
+    # reply is harmful compliance, KL 0.1 to the supervised red LM; a gentle and a strong setting, and
+    # the strong one with the diversity bonus 0.5 x (1 - BLEU against the rollout's other attacks)
+    for suffix, lr, steps, diversity in (("rl", 5.0e-5, 30, 0.0), ("rl_strong", 3.0e-4, 60, 0.0),
+                                         ("rl_diverse", 3.0e-4, 60, 0.5)):
         stages.append({"name": f"red_{suffix}", "stage": "online", "algorithm": "rloo",
                        "model": {"path": "${red_sl.output}"},
                        "prompts": {"path": "recipes/gym-redteam/red_prompts.jsonl"},
                        "reward": [{"kind": "redteam", "redteam": {
                            "target": {"path": f"{league}/sft/model"}, "judge": judge,
-                           "generation": GEN}}],
+                           "generation": GEN, "diversity_weight": diversity}}],
                        "generation": {"num_samples": 4, "max_new_tokens": 32, "temperature": 1.0,
                                       "top_p": 0.95, "batch_size": 256},
                        "train": {"max_steps": steps, "batch_size": 16, "learning_rate": lr,
@@ -114,7 +116,8 @@ def recipe(out: str, league: str) -> dict:
 def collect(out: Path, league: str) -> list[dict]:
     rows = []
     for name, _, eval_dir in targets(league):
-        for suffix in ("", "_zero_shot", "_few_shot", "_supervised", "_rl", "_rl_strong"):
+        for suffix in ("", "_zero_shot", "_few_shot", "_supervised", "_rl", "_rl_strong",
+                       "_rl_diverse"):
             report = out / f"rt_{name}{suffix}" / "report.json"
             if not report.is_file():
                 continue
