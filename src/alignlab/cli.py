@@ -5,7 +5,9 @@
     alignlab sft  --config sft.yaml  [key.sub=value ...]
     alignlab rm   --config rm.yaml   [key.sub=value ...]
     alignlab dpo  --config dpo.yaml  [key.sub=value ...]   (alias: alignlab preference)
-    alignlab online --config online.yaml [key.sub=value ...] (ppo, rloo, grpo, reinforce_pp, online_dpo)
+    alignlab online --config online.yaml [key.sub=value ...] (ppo, rloo, grpo, reinforce_pp, online_dpo,
+                                                          sppo, nash_md, xpo)
+    alignlab dro --config dro.yaml [key.sub=value ...]    (DRO on rated single responses)
     alignlab losses                                       (the registered objectives)
     alignlab eval --config eval.yaml [key.sub=value ...]
     alignlab cai revise --config revise.yaml [key.sub=value ...]  (critique -> revision, SL-CAI data)
