@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import yaml
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
-from tables import replace_block  # noqa: E402  (benchmarks/online/run.py imports it from here)
+from tables import replace_block, run_recipe  # noqa: E402  (benchmarks/online/run.py imports these from here)
 
 TRAIN = {"learning_rate": 5.0e-5, "epochs": 1, "max_length": 96, "max_prompt_length": 64,
          "log_every": 5, "warmup_ratio": 0.05, "seed": 0}
@@ -183,11 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     if not args.collect:
-        out.mkdir(parents=True, exist_ok=True)
-        recipe = out / "league.yaml"
-        recipe.write_text(yaml.safe_dump(league_recipe(str(out), args.only), sort_keys=False,
-                                         width=110))
-        subprocess.run([sys.executable, "-m", "alignlab.cli", "run", str(recipe)], check=True)
+        run_recipe(out / "league.yaml", league_recipe(str(out), args.only))
     rows = collect(out, args.only)
     if args.only:
         rows = merge_rows(json.loads((HERE / "results.json").read_text()), rows)

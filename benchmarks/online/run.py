@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import yaml
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "league"))
-from run import cell, eval_stage, replace_block  # noqa: E402
+from run import cell, eval_stage, replace_block, run_recipe  # noqa: E402
 
 ITERATIONS = 30
 TRAIN = {"max_steps": ITERATIONS, "log_every": 5, "seed": 0, "max_length": 128,
@@ -119,10 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     if not args.collect:
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "online.yaml"
-        path.write_text(yaml.safe_dump(recipe(str(out), args.only), sort_keys=False, width=110))
-        subprocess.run([sys.executable, "-m", "alignlab.cli", "run", str(path)], check=True)
+        run_recipe(out / "online.yaml", recipe(str(out), args.only))
     rows = collect(out)
     (HERE / "results.json").write_text(json.dumps(rows, indent=1))
     (HERE / "results.md").write_text(table(rows))

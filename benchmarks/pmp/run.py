@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+from tables import run_recipe  # noqa: E402
+
 SIZES = (250, 500, 1000, 2000, 4000)
 STARTS = ("sft", "pmp_binary", "pmp_ranked")
 GYM, SFT = "runs/league/gym", "runs/league/sft/model"
@@ -225,9 +225,7 @@ def main() -> None:
     if not args.collect:
         out.mkdir(parents=True, exist_ok=True)
         prepare(out)
-        path = out / "pmp.yaml"
-        path.write_text(yaml.safe_dump(recipe(out), sort_keys=False, width=110))
-        subprocess.run([sys.executable, "-m", "alignlab.cli", "run", str(path)], check=True)
+        run_recipe(out / "pmp.yaml", recipe(out))
     results = collect(out)
     if args.split:
         results["by_prompt_kind"] = split_accuracy(out)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+from tables import run_recipe  # noqa: E402
+
 ONLINE = ("ppo", "rloo", "grpo", "reinforce_pp", "online_dpo", "sppo", "nash_md", "xpo")
 GEN = {"max_new_tokens": 48, "temperature": 1.0, "batch_size": 256, "seed": 0}
 
@@ -208,10 +208,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     if not args.collect:
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "redteam.yaml"
-        path.write_text(yaml.safe_dump(recipe(str(out), args.league), sort_keys=False, width=110))
-        subprocess.run([sys.executable, "-m", "alignlab.cli", "run", str(path)], check=True)
+        run_recipe(out / "redteam.yaml", recipe(str(out), args.league))
     rows = collect(out, args.league)
     (HERE / "results.json").write_text(json.dumps(rows, indent=1))
     (HERE / "results.md").write_text(table(rows) + "\n" + matrix(rows))
