@@ -372,3 +372,13 @@ def test_http_target_over_loopback_never_writes_the_key(tmp_path, gym_dir, monke
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert key not in path.read_text(errors="ignore"), path
+
+
+def test_a_resumed_run_refuses_another_attack_list(tmp_path, gym_dir, monkeypatch):
+    tasks = [_harmful(seed) for seed in range(3)]
+    monkeypatch.setattr(redteam_stage, "build_target", lambda settings: ScriptedTarget(tasks))
+    cfg = _config(tmp_path, gym_dir, tasks)
+    run_redteam(cfg, RunFolder(cfg.out, cfg, echo=False))
+    other = _config(tmp_path, gym_dir, [_harmful(seed) for seed in range(10, 13)])
+    with pytest.raises(ValueError, match="another attack list"):
+        run_redteam(other, RunFolder(other.out, other, echo=False))

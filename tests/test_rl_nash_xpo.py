@@ -177,8 +177,9 @@ def length_reward(tmp_path_factory):
 
 def test_first_nash_md_iteration_pairs_every_policy_sample(tiny_model, prompt_file,  # noqa: F811
                                                            length_reward, tmp_path):
-    """Each of the 4 prompts x 2 policy samples meets a mixture sample; the metrics are the policy's
-    own samples' (8 of 16 rows), and the first on-policy loss is -mean(A) * tokens / L."""
+    """At the first iteration the policy is its reference: the logged KL (of the policy's own
+    samples) is 0 and every probability ratio is 1, and the preference against the mixture
+    samples is a probability."""
     cfg = _config(tiny_model, prompt_file, length_reward, tmp_path / "n", "nash_md",
                   generation={"num_samples": 2}, train={"max_steps": 1},
                   rl={"mixture_coef": 0.5, "kl_coef": 0.0})

@@ -73,6 +73,14 @@ def messages_to_list(messages: Messages) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
+def conversation_text(prompt: Messages) -> str:
+    """A conversation as plain text for a judge's template: the turn's text alone when there is
+    one turn, else ``role: content`` lines."""
+    if len(prompt) == 1:
+        return prompt[0].content
+    return "\n".join(f"{m.role}: {m.content}" for m in prompt)
+
+
 def messages_from_list(items: list[dict[str, str]]) -> Messages:
     """The inverse of :func:`messages_to_list` (for rows this project wrote; user data goes through
     the readers, which check every field)."""

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from alignlab.config import GenerationSettings, SelfRewardSettings
-from alignlab.data.records import Conversation, Message, Messages
+from alignlab.data.records import Conversation, Message, Messages, conversation_text
 from alignlab.scoring import check_lengths
 
 RUBRIC_TEMPLATE = (
@@ -93,7 +93,7 @@ def expected_digit_score(probs: Sequence[float]) -> float:
 def judge_request(template: str, prompt: Messages, response: str) -> str:
     """The judge's user turn: ``template`` with the prompt (as plain text) and the response filled
     in (Yuan et al. 2024, Fig. 2)."""
-    return template.format(prompt=_prompt_text(prompt), response=response.strip())
+    return template.format(prompt=conversation_text(prompt), response=response.strip())
 
 
 def judge_text(tokenizer, template: str, prompt: Messages, response: str) -> str:
@@ -154,13 +154,6 @@ def eft_fit(tokenizer, conversation: Conversation, max_length: int,
     targets, kept_targets = sum(full.loss_mask), sum(kept.loss_mask)
     return {"tokens": len(full), "target_cut": kept_targets < targets,
             "prompt_cut": len(kept) - kept_targets < len(full) - targets}
-
-
-def _prompt_text(prompt: Messages) -> str:
-    """The conversation as plain text (the last user turn alone when there is one turn)."""
-    if len(prompt) == 1:
-        return prompt[0].content
-    return "\n".join(f"{m.role}: {m.content}" for m in prompt)
 
 
 def context_limit(model, settings: SelfRewardSettings) -> int:

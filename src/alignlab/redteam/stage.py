@@ -46,6 +46,7 @@ from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
 from alignlab.generation.factory import make_generator
 from alignlab.models.loading import load_causal_lm
 from alignlab.redteam.attacks import Attack, AttackDataSettings, attack_to_dict, load_attacks
+from alignlab.redteam.compare import read_attempts
 from alignlab.redteam.generate import ZERO_SHOT_INSTRUCTION, attack_sft_rows, generate_attacks
 from alignlab.redteam.judges import build_harm_judge
 from alignlab.redteam.multiturn import FOLLOW_UP_INSTRUCTION, combine, converse
@@ -163,7 +164,7 @@ def successful_pool(folder: str) -> list[tuple[str, float]]:
     if not path.is_file():
         raise FileNotFoundError(f"red_lm.pool: {path} does not exist (run the zero-shot red team "
                                 f"first)")
-    rows = JsonlJob(path).rows
+    rows = read_attempts(folder)  # read only: another run's file is never rewritten
     pool = [(r["attack"], float(r["harm_score"] or 0.0)) for r in rows if r.get("verdict") is True]
     if not pool:
         raise ValueError(f"red_lm.pool: {path} holds no successful attack to use as an example")
@@ -224,8 +225,10 @@ def attempt_chunk(cfg: RedteamConfig, target, judge, follow_up, attacks: Sequenc
 
 
 def run_attempts(cfg: RedteamConfig, run: RunFolder, attacks: list[Attack]) -> list[dict]:
-    """Attack, reply, verdict for every attack not yet in ``attempts.jsonl``; all rows in order."""
+    """Attack, reply, verdict for every attack not yet in ``attempts.jsonl`` (a resumed run's rows
+    must belong to the same attack list); all rows in order."""
     job = JsonlJob(run.path / "attempts.jsonl")
+    check_attempts(job.rows, attacks, job.path)
     todo = [i for i in range(len(attacks)) if i not in job.done_indices()]
     if todo:
         target, judge = build_target(cfg.target), build_harm_judge(cfg.judge)
@@ -274,9 +277,6 @@ def run_redteam(cfg: RedteamConfig, run: RunFolder) -> Path:
     attacks = file_attacks(cfg, run) + generated_attacks(cfg, run)
     if not attacks:
         raise ValueError("redteam: no attack to try (empty files and no generated attack)")
-    job_path = run.path / "attempts.jsonl"
-    if job_path.is_file():
-        check_attempts(JsonlJob(job_path).rows, attacks, job_path)
     rows = run_attempts(cfg, run, attacks)
     summary = write_report(rows, run.path, top_k=cfg.top_k)
     summary["exports"] = write_exports(run, rows)

@@ -64,11 +64,12 @@ class Algorithm:
     uses_objective: bool = False
     opponent: str | None = None
     pair_queries: Callable[[Experience], tuple[torch.Tensor, torch.Tensor]] | None = None
+    always_reference: bool = False
 
     def needs_reference(self, rl: RLSettings, objective=None) -> bool:
         """Whether reference log-probs are needed: for the KL term, or the objective's reference;
         SPPO, Nash-MD and XPO always (previous iterate, mixture, reference samples)."""
-        if self.name in ("sppo", "nash_md", "xpo"):
+        if self.always_reference:
             return True
         if self.uses_objective:
             return objective is not None and objective.reference != "none"
@@ -372,13 +373,14 @@ ONLINE_DPO = Algorithm("online_dpo", "Guo et al. 2024 (online AI feedback); Xion
                        uses_objective=True)
 
 SPPO = Algorithm("sppo", "Wu et al. 2024 (Self-Play Preference Optimization)", prepare_sppo,
-                 sppo_loss, min_k=2, unit_rows=2, pair_queries=group_pairs)
+                 sppo_loss, min_k=2, unit_rows=2, pair_queries=group_pairs,
+                 always_reference=True)
 NASH_MD = Algorithm("nash_md", "Munos et al. 2023 (Nash Learning from Human Feedback)",
                     prepare_nash_md, clipped_loss, reduction="seq_mean_token_sum_norm",
-                    opponent="mixture", pair_queries=opponent_pairs)
+                    opponent="mixture", pair_queries=opponent_pairs, always_reference=True)
 XPO = Algorithm("xpo", "Xie et al. 2024 (Exploratory Preference Optimization)", prepare_xpo,
                 xpo_loss, unit_rows=2, uses_objective=True, opponent="reference",
-                pair_queries=opponent_pairs)
+                pair_queries=opponent_pairs, always_reference=True)
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (PPO, RLOO, GRPO, REINFORCE_PP, ONLINE_DPO,
                                                         SPPO, NASH_MD, XPO)}

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from alignlab.data.records import Messages
+from alignlab.data.records import Messages, conversation_text
 from alignlab.data.step_tokenize import step_char_ends
 from alignlab.scoring import Scorer, check_lengths, import_function
 
@@ -159,15 +159,8 @@ class SelfJudgeScorer:
         from alignlab.data.records import Message
         from alignlab.data.tokenize import prompt_ids, render_prompt
 
-        text = self.template.format(prompt=_prompt_text(prompt), response=completion)
+        text = self.template.format(prompt=conversation_text(prompt), response=completion)
         return prompt_ids(self.tokenizer, render_prompt(self.tokenizer, (Message("user", text),)))
-
-
-def _prompt_text(prompt: Messages) -> str:
-    """The conversation so far as plain text (the last user turn alone when there is one turn)."""
-    if len(prompt) == 1:
-        return prompt[0].content
-    return "\n".join(f"{m.role}: {m.content}" for m in prompt)
 
 
 # ----------------------------------------------------------------------------- from config
