@@ -200,7 +200,8 @@ class SelfRewardScorer:
         judge = LocalJudge(self.model, self.tokenizer, self.batch_size, name=self.name,
                            max_length=context_limit(self.model, self.settings))
         options = [f" {n}" for n in range(MAX_SCORE + 1)]
-        probs = judge.option_probs([t + score_prefix(self.tokenizer) for t in texts], options)
+        prefix = score_prefix(self.tokenizer)
+        probs = judge.option_probs([t + prefix for t in texts], options)
         self.last_details = [{"digit_probs": [round(p, 4) for p in row]} for row in probs]
         return [expected_digit_score(row) for row in probs]
 
