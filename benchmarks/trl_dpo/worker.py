@@ -148,16 +148,14 @@ ALIGNLAB_RANGES = [  # (module, function, label); names that do not exist are sk
      "## LM head + logsumexp chunk (fwd + ckpt recompute)"),
     ("alignlab.train.preference", "attach_reference", "## reference pass (attach_reference)"),
     ("alignlab.train.preference", "collate_examples", "## collate"),
-    ("alignlab.train.dpo", "attach_reference", "## reference pass (attach_reference)"),
-    ("alignlab.train.dpo", "collate_with_reference", "## collate"),
+    ("alignlab.models.shared_prefix", "packed_hidden_states",
+     "## decoder body forward, prompt-shared (policy + ref)"),
 ]
 
 
 def run_alignlab(spec: dict, profile_ranges: list[str] | None) -> dict:
     """alignlab's DPO through its CLI entry point (in this process, so the hooks see it)."""
     import yaml
-
-    from alignlab.stages import STAGE_CONFIGS
 
     run_dir = Path(spec["work"]) / f"alignlab_{spec['name']}"
     if run_dir.exists():
@@ -174,13 +172,10 @@ def run_alignlab(spec: dict, profile_ranges: list[str] | None) -> dict:
                   "max_grad_norm": 1.0},
         "out": str(run_dir),
     }
-    fields = STAGE_CONFIGS["dpo"].model_fields
-    if "beta" in fields:
-        cfg["beta"] = spec["beta"]
-    else:  # the objective list (``loss``) replaced the top-level beta
-        cfg["loss"] = [{"name": "dpo", "beta": spec["beta"]}]
-    if "reference_cache" in fields:  # no on-disk reference cache: the pass is timed every run
-        cfg["reference_cache"] = "none"
+    cfg["loss"] = [{"name": "dpo", "beta": spec["beta"]}]
+    cfg["reference_cache"] = "none"  # no on-disk reference cache: the pass is timed every run
+    if "share_prompt" in spec:
+        cfg["share_prompt"] = spec["share_prompt"]
     if spec.get("lora"):
         cfg["model"]["lora"] = {"r": spec["lora"]["r"], "alpha": spec["lora"]["alpha"]}
     cfg_path = Path(spec["work"]) / f"alignlab_{spec['name']}.yaml"
@@ -194,6 +189,9 @@ def run_alignlab(spec: dict, profile_ranges: list[str] | None) -> dict:
             except ImportError as exc:  # the stage's modules move while the lead edits
                 profile_ranges.append(f"MISSING {module}: {exc}")
     from alignlab.cli import app
+    from alignlab.heap import fix_mmap_threshold
+
+    fix_mmap_threshold()  # what the ``alignlab`` console script does at start-up (alignlab.heap)
 
     t_start = time.perf_counter() - T0
     try:

@@ -60,14 +60,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[list[str]]) -> None:
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix (bad config, data, model path, constitution, judge): shown
+    as one ``error:`` line, never as a traceback."""
     from alignlab.feedback.constitution import ConstitutionError
     from alignlab.feedback.http import JudgeError
+    from alignlab.models.loading import ModelLoadError
 
+    return (ConfigError, RecordError, FileNotFoundError, ConstitutionError, JudgeError,
+            ModelLoadError)
+
+
+def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[list[str]]) -> None:
     try:
         cfg = load_stage_config(stage, str(config) if config else None, overrides or [])
         output = run_stage(cfg)
-    except (ConfigError, RecordError, FileNotFoundError, ConstitutionError, JudgeError) as exc:
+    except _user_errors() as exc:
         _fail(str(exc))
     except GateFailed as exc:
         typer.secho(f"gate failed: {exc}", fg=typer.colors.RED, err=True)
@@ -172,8 +180,11 @@ def run_recipe_command(recipe: Path = typer.Argument(..., help="Recipe YAML."),
     try:
         stages = load_recipe(recipe, overrides or [])
         run_recipe(stages, log=typer.echo)
-    except (ConfigError, RecordError, FileNotFoundError) as exc:
+    except _user_errors() as exc:
         _fail(str(exc))
+    except GateFailed as exc:
+        typer.secho(f"gate failed: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from None
 
 
 @app.command()
@@ -204,10 +215,15 @@ def main() -> None:
     """Entry point of the ``alignlab`` console script.
 
     Hugging Face's own progress bars (weight loading, shard writing) are switched off unless the user
-    set ``HF_HUB_DISABLE_PROGRESS_BARS``: alignlab shows its own (:mod:`alignlab.progress`)."""
+    set ``HF_HUB_DISABLE_PROGRESS_BARS``: alignlab shows its own (:mod:`alignlab.progress`).
+    glibc's malloc gets a fixed mmap threshold so freed activations leave the process
+    (:mod:`alignlab.heap`; ``ALIGNLAB_MMAP_THRESHOLD=0`` turns that off)."""
     import os
 
+    from alignlab.heap import fix_mmap_threshold
+
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    fix_mmap_threshold()
     app(prog_name="alignlab")
 
 

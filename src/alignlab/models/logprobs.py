@@ -46,8 +46,12 @@ def default_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def final_hidden_states(model, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
-    """``[B, T, H]`` hidden states after the final norm, i.e. the input of the vocabulary head."""
+    """``[B, T, H]`` hidden states after the final norm, i.e. the input of the vocabulary head.
+    ``attention_mask`` may be None only with ``position_ids`` (packed rows: transformers then
+    derives per-document attention from the restarting positions)."""
     if position_ids is None:
+        if attention_mask is None:
+            raise ValueError("final_hidden_states needs attention_mask or position_ids")
         position_ids = default_position_ids(attention_mask)
     out = decoder_body(model)(input_ids=input_ids, attention_mask=attention_mask,
                               position_ids=position_ids, use_cache=False)
@@ -79,7 +83,8 @@ def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, config) -
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def _vocab_head(model):
+def vocab_head(model):
+    """``(base model, output embedding)`` of a HF causal LM (peft unwrapped)."""
     base = unwrap_peft(model)
     head = base.get_output_embeddings()
     if head is None:
@@ -90,12 +95,12 @@ def _vocab_head(model):
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Vocabulary logits (upcast, with the config's logit transform) of final hidden states
     ``hidden`` [..., H], for callers that project only some positions."""
-    base, head = _vocab_head(model)
+    base, head = vocab_head(model)
     return _transform_logits(_upcast(head(hidden)), base.config)
 
 
-def _head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, config,
-                   chunk: int) -> torch.Tensor:
+def hidden_target_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, config,
+                           chunk: int) -> torch.Tensor:
     """Log-probs of ``targets`` [M] from ``hidden`` [M, H], ``chunk`` rows at a time (checkpointed
     when gradients are needed, so backward recomputes each chunk's logits instead of storing them)."""
     use_checkpoint = torch.is_grad_enabled() and (
@@ -112,7 +117,7 @@ def _head_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head, config,
     return torch.cat(pieces)
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                    position_ids: torch.Tensor | None = None, chunk_size: int = 64,
                    target_mask: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, T-1]`` float32 log p(input_ids[:, t+1] | input_ids[:, ≤t]), chunked over positions.
@@ -125,17 +130,17 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     entries are 0). Losses that read completion tokens only skip the head's forward, recompute and
     backward on prompt and padding positions, which on chat data are most of the sequence.
     """
-    base, head = _vocab_head(model)
+    base, head = vocab_head(model)
     hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)[:, :-1]
     targets = input_ids[:, 1:]
     rows, width = targets.shape
     chunk = chunk_size * max(rows, 1)
     if target_mask is None:
-        flat = _head_logprobs(hidden.reshape(rows * width, -1), targets.reshape(-1), head,
+        flat = hidden_target_logprobs(hidden.reshape(rows * width, -1), targets.reshape(-1), head,
                               base.config, chunk)
         return flat.reshape(rows, width)
     selected = target_mask.bool()
-    values = _head_logprobs(hidden[selected], targets[selected], head, base.config, chunk)
+    values = hidden_target_logprobs(hidden[selected], targets[selected], head, base.config, chunk)
     out = torch.zeros(rows, width, dtype=values.dtype, device=values.device)
     return out.masked_scatter(selected, values)
 
@@ -149,6 +154,11 @@ def sequence_logprobs(model, batch: dict, average: bool = False, chunk_size: int
     mask = batch["loss_mask"][:, 1:]
     per_token = token_logprobs(model, batch["input_ids"], batch["attention_mask"],
                                batch.get("position_ids"), chunk_size=chunk_size, target_mask=mask)
+    return masked_sequence_sum(per_token, mask, average)
+
+
+def masked_sequence_sum(per_token: torch.Tensor, mask: torch.Tensor, average: bool = False):
+    """``[B]`` sum (or mean, with ``average``) of ``per_token`` [B, T-1] over ``mask``."""
     mask = mask.to(per_token.dtype)
     total = (per_token * mask).sum(-1)
     if average:
@@ -206,7 +216,7 @@ def token_log_softmax(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     logits at once, so its memory is ``B * T * V * 4`` bytes (plus autograd's copy); use it only for
     those objectives.
     """
-    base, head = _vocab_head(model)
+    base, head = vocab_head(model)
     hidden = final_hidden_states(model, input_ids, attention_mask, position_ids)[:, :-1]
     logits = _transform_logits(_upcast(head(hidden)), base.config)
     return torch.log_softmax(logits, dim=-1)

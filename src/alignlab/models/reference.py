@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from alignlab.models.logprobs import sequence_logprobs
+from alignlab.models.shared_prefix import grouped_sequence_logprobs
 
 
 class ReferenceModelError(ValueError):
@@ -56,33 +56,40 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def reference_logprobs(policy, batch: dict, ref_model=None, average: bool = False) -> torch.Tensor:
+def reference_logprobs(policy, batch: dict, ref_model=None, average: bool = False,
+                       slots: int = 1) -> torch.Tensor:
     """``[B]`` reference sequence log-probs of ``batch`` under ``torch.no_grad()`` in eval mode.
 
-    Uses ``ref_model`` when given, else ``policy`` with its adapter disabled.
+    Uses ``ref_model`` when given, else ``policy`` with its adapter disabled. ``slots`` > 1: the
+    rows are slot-major groups that share a prompt, computed once per group
+    (:mod:`alignlab.models.shared_prefix`).
     """
     with torch.no_grad():
         if ref_model is not None:
             with eval_mode(ref_model):
-                return sequence_logprobs(ref_model, _to_device(batch, model_device(ref_model)), average)
+                moved = _to_device(batch, model_device(ref_model))
+                return grouped_sequence_logprobs(ref_model, moved, slots, average)
         with adapter_disabled(policy), eval_mode(policy):
-            return sequence_logprobs(policy, _to_device(batch, model_device(policy)), average)
+            moved = _to_device(batch, model_device(policy))
+            return grouped_sequence_logprobs(policy, moved, slots, average)
 
 
 def precompute_logprobs(model_or_ref, batches: Iterable[dict], average: bool = False,
-                        disable_adapter: bool = False) -> torch.Tensor:
+                        disable_adapter: bool = False, slots: int = 1) -> torch.Tensor:
     """Sequence log-probs of every row of every batch, concatenated in order, on the CPU.
 
     ``model_or_ref`` is a frozen reference model, or (``disable_adapter=True``) a LoRA policy whose
-    adapter-free base is the reference. Runs under ``torch.no_grad()`` in eval mode.
+    adapter-free base is the reference. Runs under ``torch.no_grad()`` in eval mode. ``slots`` as in
+    :func:`reference_logprobs`.
     """
     values = []
     for batch in batches:
         if disable_adapter:
-            values.append(reference_logprobs(model_or_ref, batch, average=average).cpu())
+            values.append(reference_logprobs(model_or_ref, batch, average=average,
+                                             slots=slots).cpu())
         else:
             values.append(reference_logprobs(None, batch, ref_model=model_or_ref,
-                                             average=average).cpu())
+                                             average=average, slots=slots).cpu())
     return torch.cat(values) if values else torch.zeros(0)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from alignlab.losses.inputs import BinaryInputs, ListInputs, PairInputs, SeqStats
-from alignlab.models.logprobs import token_log_softmax, token_logprobs
+from alignlab.models.logprobs import token_log_softmax
 from alignlab.models.reference import adapter_disabled, eval_mode
+from alignlab.models.shared_prefix import grouped_token_logprobs
 
 FULL_DISTRIBUTION_NEEDS = frozenset({"topk", "token_kl"})
 
@@ -24,22 +25,24 @@ class PreferenceModule(torch.nn.Module):
 
     The online reference is ``reference`` (a frozen model kept out of the module's parameters, so
     neither the optimiser nor DDP sees it) or, when ``reference`` is None, the policy with its LoRA
-    adapter disabled.
+    adapter disabled. ``share_prompt``: each example's rows share one prompt computation
+    (:mod:`alignlab.models.shared_prefix`; not for the full-distribution needs).
     """
 
     def __init__(self, model: torch.nn.Module, needs: frozenset[str] = frozenset(), topk: int = 0,
-                 reference: torch.nn.Module | None = None):
+                 reference: torch.nn.Module | None = None, share_prompt: bool = False):
         super().__init__()
         self.model = model
         self.needs = needs
         self.topk = topk
+        self.share_prompt = share_prompt
         self.__dict__["frozen_reference"] = reference
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         args = (batch["input_ids"], batch["attention_mask"], batch.get("position_ids"))
         if not self.needs & FULL_DISTRIBUTION_NEEDS:
-            return {"token_logps": token_logprobs(self.model, *args,
-                                                  target_mask=batch["loss_mask"][:, 1:])}
+            slots = batch["input_ids"].shape[0] // batch["label"].shape[0] if self.share_prompt else 1
+            return {"token_logps": grouped_token_logprobs(self.model, batch, slots)}
         log_probs = token_log_softmax(self.model, *args)
         targets = batch["input_ids"][:, 1:].unsqueeze(-1)
         out = {"token_logps": log_probs.gather(-1, targets).squeeze(-1)}

@@ -84,7 +84,11 @@ class PreferenceConfig(StageConfig):
     ``eval_data`` (same kind as ``data``) is evaluated during training (``train.eval_every``) and at
     the end with the objective's own loss and metrics: for DPO ``eval/rewards/accuracy``,
     ``eval/rewards/margin``, ``eval/rewards/chosen``, ``eval/rewards/rejected`` (reference values of
-    the held-out rows are cached like the training rows).
+    the held-out rows are cached like the training rows). ``share_prompt`` (default on) runs the
+    prompt that an example's rows share once, in the reference pass and in training, as one packed
+    row with a tree attention mask (``models.shared_prefix``; equal log-probs and gradients up to
+    float summation order). It is skipped for flash-attention models and for objectives that need
+    full next-token distributions (TDPO, CRINGE).
     """
 
     stage: Literal["dpo", "preference"] = "dpo"
@@ -96,6 +100,7 @@ class PreferenceConfig(StageConfig):
                                  min_length=1)
     reference_cache: str = "auto"
     reference_cache_weights: Literal["stat", "content"] = "stat"
+    share_prompt: bool = True
     sdpo: SDPOSettings | None = None
     eval_data: DataSettings | None = None
     out: str
@@ -160,11 +165,14 @@ def load_examples(cfg: PreferenceConfig, objective: Objective, acc, run: RunFold
 # ----------------------------------------------------------------------------- reference
 
 
-def reference_rows(model, examples: list[Example], pad_id: int, disable_adapter: bool) -> torch.Tensor:
-    """``[len(examples), slots]`` summed reference log-probs of every row (no grad, eval mode)."""
+def reference_rows(model, examples: list[Example], pad_id: int, disable_adapter: bool,
+                   share_prompt: bool = True) -> torch.Tensor:
+    """``[len(examples), slots]`` summed reference log-probs of every row (no grad, eval mode);
+    with ``share_prompt`` each example's common prompt runs once (``models.shared_prefix``)."""
     slots = len(examples[0].rows)
     batch = pad_encoded(slot_major_rows(examples), pad_id)
-    values = precompute_logprobs(model, [batch], disable_adapter=disable_adapter)
+    values = precompute_logprobs(model, [batch], disable_adapter=disable_adapter,
+                                 slots=slots if share_prompt else 1)
     return values.reshape(slots, len(examples)).T
 
 
@@ -213,10 +221,11 @@ def reference_fingerprint(cfg: PreferenceConfig, ref_settings: ModelSettings, ad
 
 def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, objective: Objective,
                      example_sets: list[list[Example]], ref_settings: ModelSettings, policy,
-                     tokenizer) -> list[list[Example]]:
+                     tokenizer, share_prompt: bool = True) -> list[list[Example]]:
     """Each set of examples (training, held-out) with cached reference log-probs, computed where
     its cache entry has none. The reference model is loaded at most once and the weights are
-    fingerprinted once for all sets; each set keeps its own cache entry."""
+    fingerprinted once for all sets; each set keeps its own cache entry. ``share_prompt``: see
+    :class:`PreferenceConfig`."""
     adapter_base = policy is not None and cfg.model.lora is not None
     lazy = LazyReference(ref_settings, policy, tokenizer)
     batch_size = cfg.train.batch_size
@@ -224,7 +233,7 @@ def attach_reference(cfg: PreferenceConfig, acc, run: RunFolder, objective: Obje
     def compute(block: list[Example]) -> torch.Tensor:
         model = lazy.get().to(acc.device)
         rows = sharded_map(acc, block, lambda chunk: list(reference_rows(
-            model, chunk, tokenizer.pad_token_id, adapter_base)), batch_size)
+            model, chunk, tokenizer.pad_token_id, adapter_base, share_prompt)), batch_size)
         return torch.stack(rows)
 
     log = partial(main_log, acc, run)
@@ -303,7 +312,7 @@ def train_chunk(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc
             policy, _ = load_causal_lm(model_settings)
         sets = [examples] + ([eval_examples] if eval_examples else [])
         examples, *held = attach_reference(cfg, acc, run, objective, sets, ref_settings, policy,
-                                           tokenizer)
+                                           tokenizer, cfg.share_prompt)
         eval_examples = held[0] if held else eval_examples
     elif objective.reference == "none":
         main_log(acc, run, "reference-free objective: no reference model is loaded")
@@ -311,7 +320,8 @@ def train_chunk(cfg: PreferenceConfig, run: RunFolder, objective: Objective, acc
     if policy is None:
         policy, _ = load_causal_lm(model_settings)
     reference = online_reference(cfg, objective, policy)
-    module = PreferenceModule(policy, objective.needs, objective.topk(), reference)
+    module = PreferenceModule(policy, objective.needs, objective.topk(), reference,
+                              cfg.share_prompt)
     collate = partial(collate_examples, pad_id=tokenizer.pad_token_id)
     step = partial(preference_step, objective=objective)
     acc.register_for_checkpointing(objective)
