@@ -2,7 +2,10 @@
 
 A checkpoint is ``accelerator.save_state``'s folder (model weights as safetensors, optimiser, the
 registered scheduler and progress objects, every process's RNG state) plus an empty ``COMPLETE``
-marker written last, so a job killed while saving never resumes from a half-written folder.
+marker written last, so a job killed while saving never resumes from a half-written folder. Under
+FSDP2 the model and optimiser are sharded ``torch.distributed.checkpoint`` folders
+(``pytorch_model_fsdp_0/``, ``optimizer_0/``, one file per process) and under DeepSpeed the engine's
+own checkpoint; resume those with the same number of processes.
 """
 
 from __future__ import annotations

@@ -13,9 +13,16 @@ from accelerate.utils import gather_object, set_seed
 
 from alignlab.data.errors import RecordError
 from alignlab.models.loading import save_model
+from alignlab.models.sharding import (
+    gathered_state_dict,
+    save_gathered,
+    sharding_kind,
+    unsharded_copy,
+)
 from alignlab.runs import RunFolder
 from alignlab.train.held_out import BEST_DIR, BEST_FILE, best_model_dir
 from alignlab.train.loop import main_log, make_accelerator
+from alignlab.train.sharding import lockstep_batches
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -25,7 +32,8 @@ def start_stage(name: str, seed: int, run: RunFolder) -> Accelerator:
     """A fresh Accelerator, every RNG seeded (new heads initialise the same on every process)."""
     acc = make_accelerator()
     set_seed(seed)
-    main_log(acc, run, f"{name}: {acc.num_processes} process(es), device {acc.device}")
+    main_log(acc, run, f"{name}: {acc.num_processes} process(es), device {acc.device}, "
+                       f"{acc.distributed_type.value}")
     return acc
 
 
@@ -58,12 +66,19 @@ def batched(items: Sequence[T], size: int) -> Iterator[list[T]]:
 
 
 def sharded_map(acc: Accelerator, items: Sequence[T], fn: Callable[[list[T]], list[R]],
-                batch_size: int) -> list[R]:
-    """``fn`` over ``items`` in batches, split across processes; results in the original order."""
+                batch_size: int, lockstep: bool = False) -> list[R]:
+    """``fn`` over ``items`` in batches, split across processes; results in the original order.
+
+    ``lockstep``: every process calls ``fn`` equally often (a process that runs out repeats its last
+    batch and drops the result), as a model sharded by FSDP2 / ZeRO-3 needs for its forward."""
     mine = list(range(acc.process_index, len(items), acc.num_processes))
     local: list[tuple[int, R]] = []
     for idx in batched(mine, batch_size):
         local += list(zip(idx, fn([items[i] for i in idx])))
+    if lockstep and items:
+        own = len(list(batched(mine, batch_size)))
+        for _ in range(lockstep_batches(len(items), acc.num_processes, batch_size) - own):
+            fn([items[i] for i in (mine[-batch_size:] or [0])])
     pairs = gather_object(local) if acc.num_processes > 1 else local
     return [value for _, value in sorted(pairs, key=lambda p: p[0])]
 
@@ -72,11 +87,15 @@ def save_final(acc: Accelerator, run: RunFolder, model, tokenizer, prefer_best: 
     """Save the trained model (LoRA merged) as safetensors in ``run.model_dir`` (main process).
 
     With ``prefer_best`` and a model kept by ``train.save_best`` (``<out>/best_model``), that model
-    becomes ``model/`` instead of the last one."""
+    becomes ``model/`` instead of the last one. Every process must call this: a model sharded by
+    FSDP2 or ZeRO-3 is first gathered (:mod:`alignlab.models.sharding`), so ``model/`` always holds
+    ordinary full weights."""
+    state = gathered_state_dict(model) if sharding_kind(model) else None
     if acc.is_main_process:
         best = best_model_dir(run.path) if prefer_best else None
         if best is None:
-            save_model(model, tokenizer, run.model_dir)
+            save_model(model if state is None else unsharded_copy(model, state), tokenizer,
+                       run.model_dir)
             run.log(f"saved model to {run.model_dir}")
         else:
             if run.model_dir.exists():
@@ -90,5 +109,6 @@ def save_final(acc: Accelerator, run: RunFolder, model, tokenizer, prefer_best: 
 
 def keep_best(run: RunFolder, tokenizer, unwrap: Callable[[torch.nn.Module], torch.nn.Module]):
     """The ``save_best`` callback of a :class:`~alignlab.train.held_out.HeldOut`: saves
-    ``unwrap(module)`` (the HF model inside the stage's training module) to ``<out>/best_model``."""
-    return lambda module: save_model(unwrap(module), tokenizer, run.path / BEST_DIR)
+    ``unwrap(module)`` (the HF model inside the stage's training module) to ``<out>/best_model``.
+    Called on every process; the main process writes (a sharded model is gathered first)."""
+    return lambda module: save_gathered(unwrap(module), tokenizer, run.path / BEST_DIR)

@@ -39,8 +39,9 @@ from alignlab.data.collate import pad_encoded
 from alignlab.data.rated import RatedDataSettings, RatedResponse, load_rated
 from alignlab.data.tokenize import Encoded, encode_completion
 from alignlab.losses.single import dro_loss
-from alignlab.models.loading import load_causal_lm, load_reward_model, save_model
+from alignlab.models.loading import load_causal_lm, load_reward_model
 from alignlab.models.logprobs import reward_scores, sequence_logprobs
+from alignlab.models.sharding import save_gathered
 from alignlab.runs import RunFolder
 from alignlab.train.common import encode_all, report_data, save_final, start_stage
 from alignlab.train.loop import train_loop
@@ -191,7 +192,7 @@ def run_dro(cfg: DROConfig, run: RunFolder) -> Path:
     step = partial(dro_step, tau=cfg.tau, policy_grad_scale=cfg.policy_grad_scale)
     collate = partial(collate_rated, pad_id=tokenizer.pad_token_id)
     result = train_loop(module, examples, collate, step, count_examples, cfg.train, run, acc)
+    save_gathered(result.model.value, tokenizer, run.path / VALUE_DIR)  # every process (sharding)
     if acc.is_main_process:
-        save_model(result.model.value, tokenizer, run.path / VALUE_DIR)
         run.log(f"saved value model to {run.path / VALUE_DIR}")
     return save_final(acc, run, result.model.model, tokenizer)

@@ -12,7 +12,12 @@ quantities TRL's DPOTrainer reports on its ``eval_dataset``, aggregated the same
 ``train.save_best: {metric: eval/loss, mode: min}`` keeps the model of the best evaluation: the stage's
 ``save_best`` callback writes it to ``<out>/best_model`` (with ``best.json``: step and value) whenever
 an evaluation beats the best so far, and the stage then saves that model as ``<out>/model`` instead of
-the last one. A resumed run reads ``best.json`` so an earlier best is not forgotten.
+the last one. A resumed run reads ``best.json`` so an earlier best is not forgotten. The callback
+runs on every process (gathering a sharded model is collective) and writes from the main one.
+
+Under FSDP2 and ZeRO-3 every forward pass communicates, so every process must run the same number
+of batches: a process whose share of the held-out set runs out early repeats a batch of its last
+items and discards the result (:func:`_batch_plan`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 from accelerate import Accelerator
 
 from alignlab.train.reduce import global_count, global_means, to_device
+from alignlab.train.sharding import is_sharded_run, lockstep_batches
 
 BEST_DIR, BEST_FILE = "best_model", "best.json"
 
@@ -46,15 +52,16 @@ class HeldOut:
 def evaluate_held_out(acc: Accelerator, model, held_out: HeldOut) -> dict[str, float]:
     """Global ``loss`` and metric averages of ``held_out`` (no gradients, eval mode), prefixed
     ``eval/``; ``eval/count`` is the global number of loss units."""
-    mine = list(range(acc.process_index, len(held_out.items), acc.num_processes))
     loss, count = torch.zeros((), device=acc.device), 0
     sums: dict[str, torch.Tensor] = {}
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(mine), held_out.batch_size):
-            chunk = [held_out.items[i] for i in mine[start:start + held_out.batch_size]]
-            part, n, metrics = held_out.step_fn(model, to_device(held_out.collate(chunk), acc.device))
+        for chunk, counted in _batch_plan(acc, len(held_out.items), held_out.batch_size):
+            batch = to_device(held_out.collate([held_out.items[i] for i in chunk]), acc.device)
+            part, n, metrics = held_out.step_fn(model, batch)
+            if not counted:
+                continue
             loss += part.detach().float()
             count += int(n)
             for name, value in metrics.items():
@@ -65,6 +72,17 @@ def evaluate_held_out(acc: Accelerator, model, held_out: HeldOut) -> dict[str, f
     if held_out.derive is not None:
         row.update(held_out.derive(row))
     return {f"eval/{k}": v for k, v in row.items()}
+
+
+def _batch_plan(acc: Accelerator, n_items: int, batch_size: int) -> list[tuple[list[int], bool]]:
+    """This process's batches ``(item indices, counted)``: items ``rank, rank + W, ...``; under
+    FSDP/DeepSpeed padded with uncounted repeats to the largest process's number of batches."""
+    mine = list(range(acc.process_index, n_items, acc.num_processes))
+    plan = [(mine[i:i + batch_size], True) for i in range(0, len(mine), batch_size)]
+    if is_sharded_run(acc) and n_items:
+        most = lockstep_batches(n_items, acc.num_processes, batch_size)
+        plan += [(mine[-batch_size:] or [0], False)] * (most - len(plan))
+    return plan
 
 
 def perplexity(row: dict[str, float]) -> dict[str, float]:

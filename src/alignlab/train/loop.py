@@ -13,6 +13,12 @@ logged loss is global_loss_sum / N, and each metric is its global sum / N (so ``
 be sums over loss units, e.g. the number of correctly ranked pairs).
 
 Batching, shuffling and resuming follow :mod:`alignlab.train.sampler` (``batch_size`` is per process).
+
+FSDP2 and DeepSpeed ZeRO-2/3 run the same loop through accelerate (:mod:`alignlab.train.sharding`):
+FSDP2 reduce-scatters instead of all-reducing, which leaves the gradient of global_loss_sum / N
+unchanged; under DeepSpeed the engine steps the optimiser inside ``accelerator.backward`` of the last
+micro-batch (marked as the accumulation boundary), so ``grad_penalty`` is refused there and under FSDP2
+(whose sharded parameters the penalty's saved copies would no longer match).
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ from alignlab.train.held_out import BestTracker, HeldOut, evaluate_held_out
 from alignlab.train.reduce import global_count, global_means, to_device
 from alignlab.train.sampler import StepSampler
 from alignlab.train.schedule import make_scheduler
+from alignlab.train.sharding import (
+    accumulation_boundary,
+    enable_cpu_fsdp,
+    is_sharded_run,
+    prepare_sharding,
+)
 
 StepFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, Any, dict[str, torch.Tensor]]]
 CountFn = Callable[[dict], int]
@@ -53,9 +65,12 @@ def make_accelerator() -> Accelerator:
     """The Accelerator every stage uses (no gradient accumulation inside accelerate: the loop does it).
 
     Without a GPU, ``cpu=True`` is what makes accelerate join the launched processes into one gloo
-    group; a plain ``Accelerator()`` on a CPU-only machine runs each process alone.
+    group; a plain ``Accelerator()`` on a CPU-only machine runs each process alone. Launched with an
+    FSDP config on such a machine, the group is switched to FSDP2 (:func:`enable_cpu_fsdp`).
     """
-    return Accelerator(cpu=not torch.cuda.is_available())
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    enable_cpu_fsdp(acc)
+    return acc
 
 
 def main_log(accelerator: Accelerator, run: RunFolder, message: str) -> None:
@@ -79,6 +94,9 @@ def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[
     accumulated and before clipping (:mod:`alignlab.train.penalties`); its metrics are logged.
     """
     acc = accelerator or make_accelerator()
+    if grad_penalty is not None and is_sharded_run(acc):
+        raise ValueError(f"gradient penalties (e.g. sft delta_l1) need plain or DDP training; this "
+                         f"run uses {acc.distributed_type.value}")
     sampler = StepSampler(len(dataset), settings.batch_size, acc.num_processes,
                           settings.grad_accum, settings.seed)
     total = sampler.total_steps(settings.epochs, settings.max_steps)
@@ -129,8 +147,8 @@ def _evaluate(acc: Accelerator, run: RunFolder, model, held_out: HeldOut,
         run.log(f"eval at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                     if k != "eval/count"))
     if tracker is not None and tracker.improves(row):
+        held_out.save_best(acc.unwrap_model(model))  # every process: a sharded model is gathered
         if acc.is_main_process:
-            held_out.save_best(acc.unwrap_model(model))
             tracker.record(row, step)
             run.log(f"best {tracker.metric} so far ({row[tracker.metric]:.4g}): model kept")
         tracker.value = row[tracker.metric]
@@ -152,6 +170,7 @@ def _prepare(acc: Accelerator, model: torch.nn.Module, settings: TrainSettings, 
     groups = model.param_groups() if hasattr(model, "param_groups") else params
     optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
+    prepare_sharding(acc, model, settings)
     model, optimizer = acc.prepare(model, optimizer)
     scheduler = make_scheduler(optimizer, settings.lr_schedule, settings.warmup_ratio, total)
     progress = Progress()
@@ -199,7 +218,8 @@ def accumulate_gradients(acc: Accelerator, model, batches: list[dict], step_fn: 
     """Back-propagate every micro-batch so the gradients equal those of global_sum / N.
 
     Returns this process's loss sum, its metric sums and the global count N. Gradient
-    synchronisation runs only on the last micro-batch (``no_sync`` before it).
+    synchronisation runs only on the last micro-batch (``no_sync`` before it); under DeepSpeed the
+    last micro-batch is the accumulation boundary, where the engine also steps the optimiser.
     """
     counts = [int(count_fn(b)) for b in batches]
     n_global = global_count(acc, sum(counts))
@@ -209,7 +229,8 @@ def accumulate_gradients(acc: Accelerator, model, batches: list[dict], step_fn: 
     metric_sums: dict[str, torch.Tensor] = {}
     for k, batch in enumerate(batches):
         sync = k == len(batches) - 1
-        with contextlib.nullcontext() if sync else acc.no_sync(model):
+        no_sync = contextlib.nullcontext() if sync else acc.no_sync(model)
+        with no_sync, accumulation_boundary(acc, sync):
             part, count, metrics = step_fn(model, batch)
             acc.backward(part * scale)
         if int(count) != counts[k]:
@@ -221,9 +242,12 @@ def accumulate_gradients(acc: Accelerator, model, batches: list[dict], step_fn: 
 
 
 def _clip(acc: Accelerator, model, max_norm: float | None) -> float:
-    """Clip the global gradient norm to ``max_norm`` (None: no clipping); returns the norm."""
+    """Clip the global gradient norm to ``max_norm`` (None: no clipping); returns the norm.
+
+    Under DeepSpeed the engine has already clipped (``gradient_clipping`` in its config, filled from
+    ``max_norm``); its norm is returned (NaN when it reports none)."""
     norm = acc.clip_grad_norm_(model.parameters(), max_norm if max_norm else float("inf"))
-    return float(norm)
+    return float("nan") if norm is None else float(norm)
 
 
 def _aggregate(acc: Accelerator, loss_sum: torch.Tensor, metric_sums: dict[str, torch.Tensor],

@@ -25,6 +25,7 @@ from alignlab.data.loading import load_records
 from alignlab.data.tokenize import encode_pair
 from alignlab.losses.reward import bradley_terry_loss, calibration_error
 from alignlab.models.loading import load_reward_model
+from alignlab.models.sharding import sharding_kind
 from alignlab.runs import RunFolder
 from alignlab.train.common import (
     encode_all,
@@ -99,7 +100,7 @@ def evaluate_rm(acc, model, items: list, collate, batch_size: int) -> dict[str, 
 
     was_training = model.training
     model.eval()
-    rows = sharded_map(acc, items, score, batch_size)
+    rows = sharded_map(acc, items, score, batch_size, lockstep=sharding_kind(model) is not None)
     model.train(was_training)
     chosen, rejected, labels = (torch.tensor(col, dtype=torch.float64) for col in zip(*rows))
     losses, metrics = bradley_terry_loss(chosen, rejected, labels)

@@ -41,6 +41,7 @@ from alignlab.losses.process import (
     step_targets,
 )
 from alignlab.models.loading import load_reward_model
+from alignlab.models.sharding import gathered_for_generation
 from alignlab.models.verifier import (
     VerifierSpec,
     batch_logits,
@@ -201,15 +202,16 @@ def run_verifier(cfg: VerifierConfig, run: RunFolder) -> Path:
     result = train_loop(PositionScoreModule(model), items, collate,
                         partial(verifier_step, cfg.stage), count_positions, cfg.train, run, acc)
     trained = result.model.model
-    if eval_records and acc.is_main_process:
-        encoded = [encode_solution(tokenizer, spec, r.prompt, r.steps) for r in eval_records]
-        scores = score_encoded(trained.to(acc.device), encoded, tokenizer.pad_token_id,
-                               cfg.train.batch_size, spec.neutral_as_positive)
-        trained.train()
-        metrics = verifier_metrics(spec, eval_records, scores)
-        run.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=result.step)
-        run.write_json("eval.json", metrics)
-        run.log("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    with gathered_for_generation(acc, trained):  # every process; FSDP2 / ZeRO-3 weights whole
+        if eval_records and acc.is_main_process:
+            encoded = [encode_solution(tokenizer, spec, r.prompt, r.steps) for r in eval_records]
+            scores = score_encoded(trained.to(acc.device), encoded, tokenizer.pad_token_id,
+                                   cfg.train.batch_size, spec.neutral_as_positive)
+            trained.train()
+            metrics = verifier_metrics(spec, eval_records, scores)
+            run.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=result.step)
+            run.write_json("eval.json", metrics)
+            run.log("eval: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     folder = save_final(acc, run, trained, tokenizer)
     if acc.is_main_process:
         spec.write(folder)
