@@ -5,11 +5,14 @@ or opens a new row. ``position_ids`` restart at 0 for every document, and the fi
 document is never a target (so no loss is taken on predicting a document from the end of the
 previous one).
 
-Attention caveat: with the default attention implementations (eager, sdpa) and the usual
-``attention_mask`` of ones, packed documents *can attend to each other* (causally, to the documents
-earlier in the same row). The restarting ``position_ids`` are what varlen flash attention
-(``attn_implementation="flash_attention_2"`` with position ids and no padding mask) uses to keep
-documents apart; without it, packing trades a little cross-document leakage for speed.
+Attention: packed documents do not attend to each other. The batch carries the restarting
+``position_ids`` and the forward (:class:`alignlab.train.forward.TokenLogprobModule`) passes no
+padding mask, so transformers derives the document boundaries from the positions
+(``masking_utils.find_packed_sequence_indices``): a block-diagonal causal mask for eager, sdpa and
+flex attention, varlen boundaries for flash attention. A packed row's log-probs equal those of its
+documents run one by one (tested). This needs a transformers version with that function
+(:func:`check_packing_support`) and a model whose attention masks come from ``masking_utils`` (every
+built-in architecture in transformers 5; custom remote code may differ).
 """
 
 from __future__ import annotations
@@ -17,6 +20,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alignlab.data.tokenize import Encoded
+
+
+def check_packing_support() -> None:
+    """Raise when the installed transformers cannot build per-document masks from position ids."""
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError as exc:
+        import transformers
+
+        raise ValueError(f"packing needs transformers with masking_utils.find_packed_sequence_indices "
+                         f"(per-document attention from position ids); found "
+                         f"{transformers.__version__}") from exc
 
 
 def pack_encoded(items: Sequence[Encoded], max_length: int) -> list[Encoded]:

@@ -32,9 +32,10 @@ class Sample:
 class Generator(Protocol):
     """A generation backend: completions for chat prompts."""
 
-    def generate(self, prompts: Sequence[Messages],
-                 settings: GenerationSettings) -> list[list[Sample]]:
-        """``settings.num_samples`` samples per prompt, in prompt order."""
+    def generate(self, prompts: Sequence[Messages], settings: GenerationSettings,
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
+        """``settings.num_samples`` samples per prompt, in prompt order. ``seeds`` (optional, one
+        per prompt): each prompt's samples depend on its own seed, not on the rest of the batch."""
         ...
 
 

@@ -10,7 +10,10 @@ and ``token_ids`` are trimmed so that they decode to exactly the returned text.
 
 Sampling is reproducible: the RNG is seeded with ``settings.seed`` inside ``torch.random.fork_rng`` so
 the caller's global RNG state is left untouched. Sampled outputs depend on batch composition; greedy
-outputs do not (up to floating-point ties).
+outputs do not (up to floating-point ties). With ``seeds`` (one per prompt) each sample instead draws
+from its own stream seeded by its prompt's seed and its sample number
+(:mod:`alignlab.generation.seeded`): a prompt's samples are then the same in any batch and on any
+process (up to floating-point ties), which multi-process online RL relies on.
 """
 
 from __future__ import annotations
@@ -49,9 +52,12 @@ class HFGenerator:
             raise ValueError("tokenizer has no pad token; load it with alignlab.models.loading")
         self.eos_ids = _eos_ids(model, tokenizer)
 
-    def generate(self, prompts: Sequence[Messages],
-                 settings: GenerationSettings) -> list[list[Sample]]:
-        """``settings.num_samples`` samples for each prompt, in prompt order."""
+    def generate(self, prompts: Sequence[Messages], settings: GenerationSettings,
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
+        """``settings.num_samples`` samples for each prompt, in prompt order; ``seeds``: one
+        sampling seed per prompt (see the module docstring)."""
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         encoded = [encode_prompt_text(self.tokenizer, self.render(self.tokenizer, p)) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         per_batch = max(1, settings.batch_size // settings.num_samples)
@@ -66,7 +72,8 @@ class HFGenerator:
                 torch.manual_seed(settings.seed)
                 for start in range(0, len(order), per_batch):
                     chosen = order[start:start + per_batch]
-                    rows = self._generate_batch([encoded[i] for i in chosen], settings, device)
+                    rows = self._generate_batch([encoded[i] for i in chosen], settings, device,
+                                                None if seeds is None else [seeds[i] for i in chosen])
                     n = settings.num_samples
                     for j, i in enumerate(chosen):
                         results[i] = rows[j * n:(j + 1) * n]
@@ -76,11 +83,15 @@ class HFGenerator:
         return results
 
     def _generate_batch(self, prompt_ids: list[list[int]], settings: GenerationSettings,
-                        device) -> list[Sample]:
+                        device, seeds: Sequence[int] | None = None) -> list[Sample]:
         """Left-pad one batch, run ``model.generate`` and turn each output row into a Sample."""
         input_ids, attention_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
-        config = self._generation_config(settings)
+        seeded = seeds is not None and settings.temperature > 0
+        config = self._generation_config(settings, seeded)
         extra = {"tokenizer": self.tokenizer} if settings.stop else {}
+        if seeded:
+            input_ids, attention_mask, extra["logits_processor"] = seeded_inputs(
+                input_ids, attention_mask, seeds, settings)
         output = self.model.generate(input_ids=input_ids.to(device),
                                      attention_mask=attention_mask.to(device),
                                      generation_config=config, **extra)
@@ -90,10 +101,12 @@ class HFGenerator:
             samples = [s for s in samples for _ in range(settings.num_samples)]
         return samples
 
-    def _generation_config(self, settings: GenerationSettings):
+    def _generation_config(self, settings: GenerationSettings, seeded: bool = False):
+        """``seeded``: greedy decoding over one row per sample, the sampling done by
+        :class:`~alignlab.generation.seeded.SeededSampling`."""
         from transformers import GenerationConfig
 
-        sampling = settings.temperature > 0
+        sampling = settings.temperature > 0 and not seeded
         kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": sampling, "num_beams": 1,
                   "num_return_sequences": settings.num_samples if sampling else 1,
                   "use_cache": True, "pad_token_id": self.tokenizer.pad_token_id,
@@ -117,6 +130,21 @@ class HFGenerator:
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def seeded_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, seeds: Sequence[int],
+                  settings: GenerationSettings):
+    """Each prompt row repeated ``num_samples`` times, and the logits processor that samples row
+    (prompt i, sample j) from the stream of ``seeds[i]`` and j."""
+    from transformers import LogitsProcessorList
+
+    from alignlab.generation.seeded import RowStreams, SeededSampling
+
+    n = settings.num_samples
+    streams = RowStreams.for_prompts(seeds, n, settings.max_new_tokens)
+    processor = SeededSampling(streams, settings.temperature, settings.top_p)
+    return (input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0),
+            LogitsProcessorList([processor]))
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

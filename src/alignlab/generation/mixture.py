@@ -28,6 +28,7 @@ import torch
 from alignlab.config import GenerationSettings
 from alignlab.generation.base import Sample
 from alignlab.generation.hf import HFGenerator, left_pad
+from alignlab.generation.seeded import RowStreams, top_p_filter, warp
 from alignlab.models.reference import adapter_disabled
 
 
@@ -44,18 +45,6 @@ def mixture_logprobs(policy_logits: torch.Tensor, reference_logits: torch.Tensor
     mixed = ((1.0 - coef) * torch.log_softmax(policy_logits.float(), -1)
              + coef * torch.log_softmax(reference_logits.float(), -1))
     return torch.log_softmax(mixed, -1)
-
-
-def top_p_filter(logprobs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filtering (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
-    probability reaches ``top_p`` (always at least the top token); the rest get −inf."""
-    if top_p >= 1.0:
-        return logprobs
-    sorted_lp, order = logprobs.sort(-1, descending=True)
-    before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
-    drop_sorted = before >= top_p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logprobs.masked_fill(drop, float("-inf"))
 
 
 class _Stream:
@@ -105,20 +94,23 @@ class MixtureGenerator(HFGenerator):
         return policy, _Stream(self.reference, False)
 
     def _generate_batch(self, prompt_ids: list[list[int]], settings: GenerationSettings,
-                        device) -> list[Sample]:
+                        device, seeds=None) -> list[Sample]:
         n = settings.num_samples if settings.temperature > 0 else 1
+        streams = (RowStreams.for_prompts(seeds, n, settings.max_new_tokens)
+                   if seeds is not None and settings.temperature > 0 else None)
         input_ids, attention_mask = left_pad(prompt_ids, self.tokenizer.pad_token_id)
         input_ids = input_ids.repeat_interleave(n, 0).to(device)
         attention_mask = attention_mask.repeat_interleave(n, 0).to(device)
-        tokens = self._decode_loop(input_ids, attention_mask, settings)
+        tokens = self._decode_loop(input_ids, attention_mask, settings, streams)
         samples = [self._to_sample(row, settings.stop) for row in tokens.tolist()]
         if settings.temperature == 0:
             samples = [s for s in samples for _ in range(settings.num_samples)]
         return samples
 
     def _decode_loop(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     settings: GenerationSettings) -> torch.Tensor:
-        """``[B, ≤ max_new_tokens]`` new tokens (eos, then padding, after a row finishes)."""
+                     settings: GenerationSettings, streams: RowStreams | None = None) -> torch.Tensor:
+        """``[B, ≤ max_new_tokens]`` new tokens (eos, then padding, after a row finishes);
+        ``streams``: one random stream per row (per-prompt seeds) instead of the global RNG."""
         policy, reference = self._streams()
         eos = torch.tensor(self.eos_ids, device=input_ids.device)
         pad = self.tokenizer.pad_token_id
@@ -129,7 +121,7 @@ class MixtureGenerator(HFGenerator):
             lr = reference.step(feed, attention_mask) if reference else None
             logprobs = mixture_logprobs(lp if lp is not None else lr,
                                         lr if lr is not None else lp, self.coef)
-            token = _pick(logprobs, settings)
+            token = _pick(logprobs, settings, streams)
             token = torch.where(done, torch.full_like(token, pad), token)
             new.append(token)
             done = done | torch.isin(token, eos)
@@ -140,10 +132,14 @@ class MixtureGenerator(HFGenerator):
         return torch.stack(new, 1)
 
 
-def _pick(logprobs: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
-    """Greedy at temperature 0; else a sample of ``softmax(logprobs / T)`` after top-p."""
+def _pick(logprobs: torch.Tensor, settings: GenerationSettings,
+          streams: RowStreams | None = None) -> torch.Tensor:
+    """Greedy at temperature 0; else a sample of ``softmax(logprobs / T)`` after top-p, from each
+    row's own stream when ``streams`` is given."""
     if settings.temperature == 0:
         return logprobs.argmax(-1)
+    if streams is not None:
+        return streams.sample(warp(logprobs, settings.temperature, settings.top_p))
     scaled = torch.log_softmax(logprobs / settings.temperature, -1)
     return torch.multinomial(top_p_filter(scaled, settings.top_p).exp(), 1).squeeze(1)
 

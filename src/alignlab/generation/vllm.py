@@ -91,9 +91,11 @@ class VLLMGenerator:
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, prompts: Sequence[Messages],
-                 settings: GenerationSettings) -> list[list[Sample]]:
-        """``settings.num_samples`` samples for each prompt, in prompt order."""
+    def generate(self, prompts: Sequence[Messages], settings: GenerationSettings,
+                 seeds: Sequence[int] | None = None) -> list[list[Sample]]:
+        """``settings.num_samples`` samples for each prompt, in prompt order; ``seeds``: one seed
+        per prompt, used instead of ``(settings.seed, position)`` (so a prompt samples the same
+        wherever it sits in the batch)."""
         vllm = import_vllm()
         from vllm.inputs import TokensPrompt
 
@@ -102,14 +104,21 @@ class VLLMGenerator:
         requests = [TokensPrompt(prompt_token_ids=encode_prompt_text(self.tokenizer,
                                                                      self.render(self.tokenizer, p)))
                     for p in prompts]
-        params = [self._sampling_params(vllm, settings, i) for i in range(len(prompts))]
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        params = [self._sampling_params(vllm, settings, i, None if seeds is None else seeds[i])
+                  for i in range(len(prompts))]
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         if len(outputs) != len(prompts):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompts)} prompts")
         return [self._row(out, settings) for out in outputs]
 
-    def _sampling_params(self, vllm, settings: GenerationSettings, position: int):
-        """``vllm.SamplingParams`` for the prompt at ``position`` (module docstring, "Sampling")."""
+    def _sampling_params(self, vllm, settings: GenerationSettings, position: int,
+                         prompt_seed: int | None = None):
+        """``vllm.SamplingParams`` for the prompt at ``position`` (module docstring, "Sampling");
+        ``prompt_seed`` replaces ``settings.seed`` and the position in the request seed."""
+        seed = (request_seed(settings.seed, position) if prompt_seed is None
+                else request_seed(prompt_seed, 0))
         kwargs = {"max_tokens": settings.max_new_tokens, "stop": [s for s in settings.stop if s],
                   "stop_token_ids": [i for i in self.eos_ids if i != self.tokenizer.eos_token_id],
                   "skip_special_tokens": True}
@@ -117,7 +126,7 @@ class VLLMGenerator:
             kwargs.update(n=1, temperature=0.0)
         else:
             kwargs.update(n=settings.num_samples, temperature=settings.temperature,
-                          top_p=settings.top_p, seed=request_seed(settings.seed, position))
+                          top_p=settings.top_p, seed=seed)
         return vllm.SamplingParams(**kwargs)
 
     def _row(self, request_output, settings: GenerationSettings) -> list[Sample]:

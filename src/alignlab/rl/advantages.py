@@ -8,6 +8,8 @@ Pure tensor functions, no models. Conventions shared by every function here:
 * Sequence-level scores are ``[B]``.
 * k samples per prompt are laid out group-major: rows ``[g*k:(g+1)*k]`` are the k samples of prompt g.
 * Outputs are 0 on padding positions.
+* Statistics "over the batch" (whitening) take a ``processes`` (:mod:`alignlab.rl.processes`):
+  with several processes they are over every process's rows, as if one process held them all.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from alignlab.models.logprobs import last_token_index as last_real_index
+from alignlab.rl.processes import ALONE, Processes
 
 GRPO_SCALES = ("std", "none")
 
@@ -65,26 +68,36 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     with ``dim`` given, slices with no masked entry give 0 (their denominator is clamped to 1).
     Padding values never enter the result, even if they are inf/nan.
     """
+    if dim is None:
+        return global_masked_mean(x, mask)
     m = _float_mask(x, mask)
     xm = torch.where(m > 0, x, torch.zeros_like(x)) * m
-    if dim is None:
-        count = m.sum()
-        if count <= 0:
-            raise ValueError("mask selects no entries; the masked mean is undefined")
-        return xm.sum() / count
     return xm.sum(dim) / m.sum(dim).clamp_min(1.0)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of ``x`` over all masked entries (a scalar).
+def global_masked_mean(x: torch.Tensor, mask: torch.Tensor,
+                       processes: Processes = ALONE) -> torch.Tensor:
+    """:func:`masked_mean` over every masked entry of every process (a scalar): the sums of
+    ``x * mask`` and of ``mask`` are added over the processes before the division."""
+    m = _float_mask(x, mask)
+    xm = torch.where(m > 0, x, torch.zeros_like(x)) * m
+    total, count = processes.sum(torch.stack([xm.sum(), m.sum()]))
+    if count <= 0:
+        raise ValueError("mask selects no entries; the masked mean is undefined")
+    return total / count
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True,
+               processes: Processes = ALONE) -> torch.Tensor:
+    """Variance of ``x`` over all masked entries (a scalar), of every process.
 
     ``unbiased=True`` applies Bessel's correction n / (n - 1) with n = number of masked entries (as TRL's
     ``masked_var``), and needs n >= 2; ``unbiased=False`` is the population variance (n >= 1).
     """
     m = _float_mask(x, mask)
-    n = m.sum()
-    mean = masked_mean(x, m)
-    var = masked_mean((x - mean).square(), m)
+    n = processes.sum(m.sum())
+    mean = global_masked_mean(x, m, processes)
+    var = global_masked_mean((x - mean).square(), m, processes)
     if unbiased:
         if n < 2:
             raise ValueError(f"unbiased masked_var needs at least 2 masked entries, mask has {int(n)}")
@@ -93,7 +106,7 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  unbiased: bool = True) -> torch.Tensor:
+                  unbiased: bool = True, processes: Processes = ALONE) -> torch.Tensor:
     """Whiten ``x`` with the mean and variance of its masked entries (TRL / OpenRLHF style):
 
         y = (x - mean) / sqrt(var + 1e-8),   or   y + mean   when ``shift_mean=False``
@@ -102,11 +115,11 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
     are only rescaled). The statistics come from masked entries only; padding positions of the output
     are set to 0 (a departure from TRL, which leaves them as computed). ``unbiased`` selects the
     variance (see ``masked_var``; TRL's default is unbiased), so the whitened masked entries have
-    mean 0 and *unbiased* variance 1 by default.
+    mean 0 and *unbiased* variance 1 by default. The statistics are over every process's entries.
     """
     m = _float_mask(x, mask)
-    mean = masked_mean(x, m)
-    var = masked_var(x, m, unbiased=unbiased)
+    mean = global_masked_mean(x, m, processes)
+    var = masked_var(x, m, unbiased=unbiased, processes=processes)
     y = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         y = y + mean
@@ -263,7 +276,8 @@ def grpo_advantages(scores: torch.Tensor, k: int, scale: str = "std", eps: float
 
 
 def reinforce_pp_advantages(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-                            gamma: float = 1.0, dense: torch.Tensor | None = None) -> torch.Tensor:
+                            gamma: float = 1.0, dense: torch.Tensor | None = None,
+                            processes: Processes = ALONE) -> torch.Tensor:
     """REINFORCE++ advantage (Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning
     Large Language Models"):
 
@@ -275,9 +289,10 @@ def reinforce_pp_advantages(scores: torch.Tensor, kl: torch.Tensor, mask: torch.
     method's point. Variance: the unbiased masked variance of ``masked_whiten``; OpenRLHF uses the
     population one, a relative difference of 1/(2n) in the scale for n tokens. No score clipping
     here (call ``token_rewards`` + ``discounted_returns`` + ``masked_whiten`` yourself for that).
-    ``dense``: per-token rewards added before the returns (process rewards).
+    ``dense``: per-token rewards added before the returns (process rewards). ``processes``: the
+    batch is every process's rows.
     Returns ``[B, T]``, 0 on padding.
     """
     rewards = token_rewards(scores, kl, mask, kl_coef, dense=dense)
     returns = discounted_returns(rewards, mask, gamma)
-    return masked_whiten(returns, mask)
+    return masked_whiten(returns, mask, processes=processes)

@@ -2,8 +2,11 @@
 
 One loop (:mod:`alignlab.rl.trainer`) runs them all. An algorithm supplies two functions:
 
-* ``prepare(exp, rl, beta)``: fills ``exp.kl``, ``exp.advantages`` (and ``exp.returns`` for PPO)
-  from the rollout's scores and log-probs; returns metrics. Called once per rollout.
+* ``prepare(exp, rl, beta, processes)``: fills ``exp.kl``, ``exp.advantages`` (and ``exp.returns``
+  for PPO) from the rollout's scores and log-probs; returns metrics. Called once per rollout, on
+  every process with its own rows; batch-wide statistics (whitening, logged means and counts) are
+  over every process (:mod:`alignlab.rl.processes`), group statistics stay within a prompt's k
+  samples, which one process holds.
 * ``loss(logp, exp, ctx)``: the policy loss of a minibatch given the current policy's response-frame
   log-probs (with grad); returns ``(mean loss, metrics)``. Called for every minibatch and epoch.
 
@@ -34,6 +37,7 @@ from alignlab.rl import advantages as adv
 from alignlab.rl.experience import Experience
 from alignlab.rl.kl import kl_estimate
 from alignlab.rl.objectives import grpo_loss, ppo_policy_loss
+from alignlab.rl.processes import ALONE, Processes
 from alignlab.rl.settings import RLSettings
 
 
@@ -54,7 +58,7 @@ class Algorithm:
 
     name: str
     paper: str
-    prepare: Callable[[Experience, RLSettings, float], dict[str, float]]
+    prepare: Callable[[Experience, RLSettings, float, Processes], dict[str, float]]
     loss: Callable[[torch.Tensor, Experience, LossContext], tuple[torch.Tensor, dict]]
     reduction: str = "token_mean"
     needs_critic: bool = False
@@ -81,6 +85,12 @@ class Algorithm:
     def whiten(self, rl: RLSettings) -> bool:
         return self.whiten_default if rl.whiten_advantages is None else rl.whiten_advantages
 
+    @property
+    def trains_every_row(self) -> bool:
+        """Whether every sampled row is a loss unit: no pairs chosen among a prompt's samples
+        (online DPO, SPPO, XPO) and no opponent rows left out of the loss (Nash-MD)."""
+        return self.unit_rows == 1 and self.opponent is None
+
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -98,11 +108,14 @@ def last_token_scores(exp: Experience) -> torch.Tensor:
     return exp.scores if exp.dense is None else exp.scores - exp.dense.sum(1)
 
 
-def _finish(exp: Experience, advantages: torch.Tensor, whiten: bool) -> dict[str, float]:
-    if whiten and exp.mask.sum() > 1:
-        advantages = adv.masked_whiten(advantages, exp.mask)
+def _finish(exp: Experience, advantages: torch.Tensor, whiten: bool,
+            processes: Processes = ALONE) -> dict[str, float]:
+    """Whiten (over every process's tokens) when asked, mask, and log the mean |advantage|."""
+    if whiten and processes.sum(exp.mask.sum()) > 1:
+        advantages = adv.masked_whiten(advantages, exp.mask, processes=processes)
     exp.advantages = advantages * exp.mask
-    return {"advantage_abs_mean": float(adv.masked_mean(exp.advantages.abs(), exp.mask))}
+    return {"advantage_abs_mean": float(adv.global_masked_mean(exp.advantages.abs(), exp.mask,
+                                                                processes))}
 
 
 def clipped_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
@@ -114,7 +127,8 @@ def clipped_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
 # ----------------------------------------------------------------------------- PPO
 
 
-def prepare_ppo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+def prepare_ppo(exp: Experience, rl: RLSettings, beta: float,
+                processes: Processes = ALONE) -> dict[str, float]:
     """InstructGPT PPO (Ouyang et al. 2022; Ziegler et al. 2019): per-token reward
     ``-beta * kl_t`` plus the score at the last token, then GAE(gamma, lam) with the critic's
     values at sampling time; ``returns`` are the critic's targets."""
@@ -123,31 +137,33 @@ def prepare_ppo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float
     exp.kl = token_kl(exp, rl)
     rewards = adv.token_rewards(last_token_scores(exp), exp.kl, exp.mask, beta, dense=exp.dense)
     advantages, exp.returns = adv.gae(rewards, exp.old_values, exp.mask, rl.gamma, rl.lam)
-    return _finish(exp, advantages, PPO.whiten(rl))
+    return _finish(exp, advantages, PPO.whiten(rl), processes)
 
 
 # ----------------------------------------------------------------------------- RLOO
 
 
-def prepare_rloo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+def prepare_rloo(exp: Experience, rl: RLSettings, beta: float,
+                 processes: Processes = ALONE) -> dict[str, float]:
     """RLOO (Ahmadian et al. 2024, "Back to Basics", eq. 6): sequence reward
     r = score - beta * KL(sequence), advantage r_i - mean of the other k-1 rewards."""
     exp.kl = token_kl(exp, rl)
     rewards = exp.scores - beta * exp.kl.sum(1)
     advantages = adv.expand_to_tokens(adv.rloo_advantages(rewards, exp.k), exp.mask)
-    return _finish(exp, advantages, RLOO.whiten(rl))
+    return _finish(exp, advantages, RLOO.whiten(rl), processes)
 
 
 # ----------------------------------------------------------------------------- GRPO
 
 
-def prepare_grpo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+def prepare_grpo(exp: Experience, rl: RLSettings, beta: float,
+                 processes: Processes = ALONE) -> dict[str, float]:
     """GRPO outcome supervision (Shao et al. 2024, sec. 4.1.2): (r - mean) / std within each group;
     the KL is not in the reward (it is the k3 term of the loss)."""
     exp.kl = token_kl(exp, rl)
     advantages = adv.expand_to_tokens(adv.grpo_advantages(exp.scores, exp.k, rl.grpo_scale),
                                       exp.mask)
-    return _finish(exp, advantages, GRPO.whiten(rl))
+    return _finish(exp, advantages, GRPO.whiten(rl), processes)
 
 
 def grpo_minibatch_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
@@ -159,15 +175,16 @@ def grpo_minibatch_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):
 # ----------------------------------------------------------------------------- REINFORCE++
 
 
-def prepare_reinforce_pp(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+def prepare_reinforce_pp(exp: Experience, rl: RLSettings, beta: float,
+                         processes: Processes = ALONE) -> dict[str, float]:
     """REINFORCE++ (Hu 2025): token-level KL penalty in the reward, discounted returns-to-go,
     whitened over every token of the global batch (no critic, no grouping)."""
     exp.kl = token_kl(exp, rl)
-    if exp.mask.sum() < 2:
+    if processes.sum(exp.mask.sum()) < 2:
         raise ValueError("reinforce_pp whitens over the batch and needs at least 2 response tokens")
     advantages = adv.reinforce_pp_advantages(last_token_scores(exp), exp.kl, exp.mask, beta,
-                                             rl.gamma, dense=exp.dense)
-    return _finish(exp, advantages, False)
+                                             rl.gamma, dense=exp.dense, processes=processes)
+    return _finish(exp, advantages, False, processes)
 
 
 # ----------------------------------------------------------------------------- online DPO
@@ -186,20 +203,26 @@ def best_worst_pairs(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([base + best[keep], base + worst[keep]], 1).flatten()
 
 
-def choose_pairs(exp: Experience, values: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def choose_pairs(exp: Experience, values: torch.Tensor,
+                 processes: Processes = ALONE) -> tuple[torch.Tensor, dict[str, float]]:
     """Best-vs-worst pairs of each group by ``values`` into ``exp.extra['units']``; the order and
-    the pair count, the tied groups and the mean gap of ``values`` within the pairs."""
+    (over every process) the pair count, the tied groups and the mean gap of ``values`` within the
+    pairs."""
     order = best_worst_pairs(values, exp.k)
     exp.extra["units"] = order
-    n_pairs = len(order) // 2
-    gap = (values[order[0::2]] - values[order[1::2]]).mean() if len(order) else 0.0
-    return order, {"pairs": n_pairs, "tied_groups": len(exp) // exp.k - n_pairs, "gap": float(gap)}
+    gaps = (values[order[0::2]] - values[order[1::2]]).double()
+    pairs, groups, gap_sum = processes.sum(torch.stack([
+        torch.tensor(len(order) // 2, dtype=torch.float64, device=gaps.device),
+        torch.tensor(len(exp) // exp.k, dtype=torch.float64, device=gaps.device), gaps.sum()]))
+    return order, {"pairs": int(pairs), "tied_groups": int(groups - pairs),
+                   "gap": float(gap_sum / pairs) if pairs else 0.0}
 
 
-def prepare_online_dpo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+def prepare_online_dpo(exp: Experience, rl: RLSettings, beta: float,
+                       processes: Processes = ALONE) -> dict[str, float]:
     """Choose the pairs; ``exp.extra['units']`` holds the row order (chosen, rejected, ...)."""
     exp.kl = token_kl(exp, rl)
-    _, metrics = choose_pairs(exp, exp.scores)
+    _, metrics = choose_pairs(exp, exp.scores, processes)
     return {**metrics, "pair_score_gap": metrics.pop("gap")}
 
 
@@ -261,7 +284,8 @@ def sppo_targets(win: torch.Tensor, order: torch.Tensor, eta: float, mode: str) 
     return targets
 
 
-def prepare_sppo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+def prepare_sppo(exp: Experience, rl: RLSettings, beta: float,
+                 processes: Processes = ALONE) -> dict[str, float]:
     """SPPO (Wu et al. 2024, Algorithm 1 and eq. 4.7): win rates of the k samples against each
     other (from a pair judge's ``exp.extra['pair_probs']`` when there is one, else from the
     scores), the winner (highest P̂) and the loser (lowest) of each prompt; groups whose samples all
@@ -270,7 +294,7 @@ def prepare_sppo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, floa
     judged = exp.extra.get("pair_probs")
     win = (sppo_win_rates(exp.scores, exp.k) if judged is None
            else win_rates_from_pairs(judged, exp.k))
-    order, metrics = choose_pairs(exp, win)
+    order, metrics = choose_pairs(exp, win, processes)
     exp.targets = sppo_targets(win, order, rl.sppo_eta, rl.sppo_mode)
     return {**metrics, "win_rate_gap": metrics.pop("gap")}
 
@@ -309,7 +333,8 @@ def pair_preferences(exp: Experience, first: torch.Tensor, second: torch.Tensor)
     return torch.sigmoid(exp.scores[first] - exp.scores[second])
 
 
-def prepare_nash_md(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+def prepare_nash_md(exp: Experience, rl: RLSettings, beta: float,
+                    processes: Processes = ALONE) -> dict[str, float]:
     """Nash-MD-PG (Munos et al. 2023, "Nash Learning from Human Feedback", §7): each policy sample
     y is compared with a sample y' of the geometric mixture of policy and reference (the
     opponent), and earns the sequence reward
@@ -325,11 +350,12 @@ def prepare_nash_md(exp: Experience, rl: RLSettings, beta: float) -> dict[str, f
     rewards = torch.zeros_like(exp.scores)
     rewards[own] = preference - 0.5 - beta * exp.kl[own].sum(1)
     exp.extra["units"] = own
-    metrics = _finish(exp, adv.expand_to_tokens(rewards, exp.mask), False)
+    metrics = _finish(exp, adv.expand_to_tokens(rewards, exp.mask), False, processes)
     return {**metrics, "preference_vs_mixture": float(preference.mean())}
 
 
-def prepare_xpo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float]:
+def prepare_xpo(exp: Experience, rl: RLSettings, beta: float,
+                processes: Processes = ALONE) -> dict[str, float]:
     """XPO (Xie et al. 2024, "Exploratory Preference Optimization", Algorithm 1): each policy
     sample and a reference sample of the same prompt form a pair, ordered by P(policy sample ≻
     reference sample) (the pair judge's, or σ of the score difference; P = ½ is a tie and is
@@ -341,8 +367,9 @@ def prepare_xpo(exp: Experience, rl: RLSettings, beta: float) -> dict[str, float
     chosen = torch.where(wins, own, rival)[keep]
     rejected = torch.where(wins, rival, own)[keep]
     exp.extra["units"] = torch.stack([chosen, rejected], 1).flatten()
-    return {"pairs": int(keep.sum()), "tied_pairs": int((~keep).sum()),
-            "policy_beats_reference": float(wins.float().mean())}
+    pairs, ties, won = processes.sum(torch.stack([keep.sum(), (~keep).sum(), wins.sum()]).double())
+    return {"pairs": int(pairs), "tied_pairs": int(ties),
+            "policy_beats_reference": float(won / (pairs + ties))}
 
 
 def xpo_loss(logp: torch.Tensor, exp: Experience, ctx: LossContext):

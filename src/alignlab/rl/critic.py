@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.models.logprobs import final_hidden_states, score_head
+from alignlab.models.logprobs import score_head
+from alignlab.models.shared_prefix import batch_groups, grouped_shifted_hidden_states
 
 
 class ValueModule(torch.nn.Module):
@@ -20,7 +21,8 @@ class ValueModule(torch.nn.Module):
     Position t of the shifted frame has seen tokens 0..t and predicts token t+1, so its hidden state
     is the state in which the policy chooses token t+1; the response-frame values V_t therefore line
     up with the policy's token log-probs. Wrapped (rather than calling the HF model) so DDP sees the
-    whole computation inside ``forward``.
+    whole computation inside ``forward``. Rows that share a prompt (``prefix_group`` in the batch)
+    run it once per group (:func:`alignlab.models.shared_prefix.grouped_shifted_hidden_states`).
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -28,8 +30,7 @@ class ValueModule(torch.nn.Module):
         self.model = model
 
     def forward(self, batch: dict) -> torch.Tensor:
-        hidden = final_hidden_states(self.model, batch["input_ids"], batch["attention_mask"],
-                                     batch.get("position_ids"))[:, :-1]
+        hidden = grouped_shifted_hidden_states(self.model, batch, batch_groups(batch))
         return score_head(self.model)(hidden)[..., 0].float()
 
 

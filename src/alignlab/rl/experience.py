@@ -56,7 +56,9 @@ class Experience:
     """Everything one update needs, per sampled sequence (group-major rows, ``k`` per prompt).
 
     ``batch``: the full token sequences (input_ids, attention_mask, loss_mask). Response-frame
-    ``[N, T]`` tensors: ``old_logp``, ``ref_logp`` (None without a reference), ``kl`` (per-token
+    ``[N, T]`` tensors: ``old_logp`` (None until the update's own forward fills it, when the rollout
+    skipped the no-grad forward: see :mod:`alignlab.rl.trainer`), ``ref_logp`` (None without a
+    reference), ``kl`` (per-token
     estimate of KL(policy || reference) at sampling time), ``old_values`` (critic, PPO only),
     ``advantages`` and ``returns`` (filled by the algorithm). ``scores`` [N] are the rewards the
     algorithm trains on (after normalisation, clipping and penalties); with a dense (process)
@@ -68,7 +70,7 @@ class Experience:
 
     batch: dict[str, torch.Tensor]
     where: ResponseIndex
-    old_logp: torch.Tensor
+    old_logp: torch.Tensor | None
     ref_logp: torch.Tensor | None
     scores: torch.Tensor
     k: int
@@ -123,6 +125,7 @@ def experience_from_rollout(rollout: Rollout, scores: torch.Tensor | None = None
     where = ResponseIndex.from_shifted_mask(rollout.mask)
     ref = None if rollout.ref_logp is None else where.take(rollout.ref_logp)
     dense = None if rollout.dense is None else where.take(rollout.dense)
-    return Experience(batch=rollout.batch, where=where, old_logp=where.take(rollout.old_logp),
+    old = None if rollout.old_logp is None else where.take(rollout.old_logp)
+    return Experience(batch=rollout.batch, where=where, old_logp=old,
                       ref_logp=ref, scores=rollout.scores if scores is None else scores,
                       k=rollout.k, dense=dense, opponent=rollout.opponent)

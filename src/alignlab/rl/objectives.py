@@ -268,8 +268,9 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     ``clip_range=None`` disables clipping: l_t = 0.5 (v - R)^2. The PPO paper (eq. 9) uses the
     unclipped squared error; value clipping is the baselines departure kept by RLHF implementations.
 
-    Metrics (token means over real tokens): ``clip_fraction`` - share of tokens where the clipped
-    term is strictly larger (its gradient is then 0); ``explained_variance`` - 1 - Var(R - v) /
+    Metrics (token means over real tokens): ``clip_fraction`` - share of tokens where the value
+    moved more than ``c`` and the clipped term is strictly larger (its gradient is then 0);
+    ``explained_variance`` - 1 - Var(R - v) /
     Var(R) over real tokens, population variances (nan when Var(R) == 0, e.g. one real token).
     """
     _check_same_shape("values", values, old_values=old_values, returns=returns, mask=mask)
@@ -283,10 +284,12 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         squared = unclipped
         active = torch.zeros_like(unclipped)
     else:
-        clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+        step = values - old_values
+        clipped_values = old_values + torch.clamp(step, -clip_range, clip_range)
         clipped = (clipped_values - returns) ** 2
         squared = torch.maximum(unclipped, clipped)
-        active = (clipped > unclipped).to(values.dtype)
+        # inside the clip range old + (v - old) equals v only up to rounding: not "clipped"
+        active = ((clipped > unclipped) & (step.abs() > clip_range)).to(values.dtype)
     loss = aggregate(0.5 * squared, mask, reduction, norm_length)
     with torch.no_grad():
         metrics = {"clip_fraction": _masked_token_mean(active, mask),
@@ -302,3 +305,26 @@ def _explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch
     var_err = _masked_token_mean((err - _masked_token_mean(err, mask)) ** 2, mask)
     nan = torch.full((), float("nan"), dtype=values.dtype, device=values.device)
     return torch.where(var_r > 0, 1 - var_err / var_r.clamp(min=torch.finfo(values.dtype).tiny), nan)
+
+
+def explained_variance_sums(values: torch.Tensor, returns: torch.Tensor,
+                            mask: torch.Tensor) -> torch.Tensor:
+    """``[5]`` float64 sums over real tokens, (n, ΣR, ΣR², Σe, Σe²) with e = R − v, from which
+    :func:`explained_variance_from_sums` gives the ``explained_variance`` of :func:`value_loss`;
+    sums of several chunks (micro-batches, processes) add up to the sums of their union."""
+    _check_same_shape("values", values, returns=returns, mask=mask)
+    real = _real(mask)
+    r = _fill_padding(returns.detach(), mask).double()
+    e = r - _fill_padding(values.detach(), mask).double()
+    return torch.stack([real.sum().double(), r.sum(), (r * r).sum(), e.sum(), (e * e).sum()])
+
+
+def explained_variance_from_sums(sums: torch.Tensor) -> float:
+    """1 − Var(R − v) / Var(R) (population variances) from :func:`explained_variance_sums`;
+    nan when there is no token or Var(R) is 0 (below float64 rounding of E[R²] − E[R]²)."""
+    n, r, r2, e, e2 = (float(x) for x in sums)
+    if n <= 0:
+        return float("nan")
+    var_r = r2 / n - (r / n) ** 2
+    var_e = e2 / n - (e / n) ** 2
+    return 1.0 - var_e / var_r if var_r > 1e-12 * (r2 / n) else float("nan")

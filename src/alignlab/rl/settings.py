@@ -22,6 +22,10 @@ class RLSettings(StrictModel):
     (``soft``) or winner = 1 / loser = 0 (``hard``) targets. ``mixture_coef`` is Nash-MD's β of the
     geometric mixture π^(1−β) π_ref^β its opponent samples: one value, or one per iteration (the
     last value holds afterwards). ``xpo_alpha`` is XPO's α, the weight of its exploration term.
+    ``share_prompt``: the forwards over a rollout (old and reference log-probs, the update's policy
+    and critic) compute the prompt a prompt's k samples share once per prompt instead of once per
+    sample (:mod:`alignlab.models.shared_prefix`; the same numbers up to float rounding; models
+    whose attention takes no custom mask, e.g. flash-attention, run every row whole).
     """
 
     ppo_epochs: int = Field(1, ge=1)
@@ -50,6 +54,7 @@ class RLSettings(StrictModel):
     sppo_mode: Literal["soft", "hard"] = "soft"
     mixture_coef: float | list[float] = 0.5
     xpo_alpha: float = Field(1e-5, ge=0.0)
+    share_prompt: bool = True
 
     @field_validator("mixture_coef")
     @classmethod

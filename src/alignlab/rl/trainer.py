@@ -2,21 +2,32 @@
 
 Per iteration (``train.max_steps`` of them; default one pass over the prompts):
 
-1. each process takes ``train.batch_size`` prompts (seeded shuffle, as the offline stages) and samples
-   ``generation.num_samples`` completions of each from the current policy (the generator's seed is
-   derived from the run seed, the iteration and the process, so a resumed run samples the same);
+1. the iteration's global batch of ``train.batch_size`` × processes prompts (seeded shuffle, as the
+   offline stages) is cut into one contiguous block per process; each process samples
+   ``generation.num_samples`` completions of its prompts from the current policy, each prompt with
+   its own seed (run seed, iteration, position in the global batch), so a prompt samples the same
+   on any process and a resumed run samples the same; a prompt's k samples stay on one process,
+   so group baselines (RLOO, GRPO) need no communication;
 2. the scorer (a weighted sum of reward models, functions, the gym's gold reward or the policy as a
    judge) scores every completion; the policy, the reference and (PPO) the critic run once, without
-   gradients, over the exact sampled tokens (:mod:`alignlab.rl.rollout`);
+   gradients, over the exact sampled tokens (:mod:`alignlab.rl.rollout`), except the policy and the
+   critic when the rollout gets a single optimiser step: their values then come from the update's
+   own forward (:mod:`alignlab.rl.onpolicy`);
 3. the algorithm (:mod:`alignlab.rl.algorithms`) turns scores, KL and values into advantages;
-4. ``rl.ppo_epochs`` passes over the experience in ``rl.minibatch_size`` minibatches, one optimiser
-   step each (policy, plus critic for PPO, plus the PPO-ptx term), each split into
-   ``rl.micro_batch_size`` chunks whose gradients add up to the minibatch loss over every process
-   (loss units: tokens for token means, sequences for sequence means, pairs for online DPO);
+   batch-wide statistics (score normalisation, whitening) are over every process's rows;
+4. ``rl.ppo_epochs`` passes over the experience in ``rl.minibatch_size`` minibatches (sizes per
+   process, drawn from one permutation of the global batch, so the minibatches are the same sets on
+   any number of processes), one optimiser step each (policy, plus critic for PPO, plus the PPO-ptx
+   term), each split into ``rl.micro_batch_size`` chunks whose gradients add up to the minibatch
+   loss over every process (loss units: tokens for token means, sequences for sequence means, pairs
+   for online DPO);
 5. the KL controller updates; the reference moves to the policy every ``rl.ref_sync_every``
    iterations when asked; metrics and timings (generate / score / logprob / update) are logged.
 
-Each logged row is the mean of the iterations since the previous one (``train.log_every``).
+Each logged row is the mean of the iterations since the previous one (``train.log_every``); every
+metric but the timings is over the global batch (rollout statistics from the gathered rows, update
+metrics as minibatch means weighted by loss units, tokens or pairs, :mod:`alignlab.rl.step_metrics`),
+so one process and several log the same numbers for the same global batch.
 Checkpoints (``train.save_every`` iterations) hold the policy, the critic, both optimisers and
 schedulers, the KL controller, the moved reference, the objective's state and the iteration reached;
 a killed run resumes at the next iteration with the same prompts and sampling seeds.
@@ -44,19 +55,24 @@ from alignlab.config import (
 )
 from alignlab.data.loading import load_prompt_data
 from alignlab.generation.factory import make_generator
+from alignlab.generation.seeded import stream_seed
 from alignlab.losses.terms import LossTerm, loss_term_list
 from alignlab.models.loading import load_causal_lm, load_reward_model
+from alignlab.models.sharding import gathered_for_generation, whole_tensor
 from alignlab.rl.algorithms import Algorithm, LossContext, check_config, get_algorithm
 from alignlab.rl.critic import ValueModule, critic_values
 from alignlab.rl.experience import Experience, experience_from_rollout
 from alignlab.rl.held_out import evaluate_prompts
 from alignlab.rl.kl import AdaptiveKLController, FixedKLController
-from alignlab.rl.objectives import ptx_loss, value_loss
+from alignlab.rl.objectives import explained_variance_sums, ptx_loss, value_loss
+from alignlab.rl.onpolicy import LiveForward, live_forward, reuses_update_forward
 from alignlab.rl.preference import PairPreference, PreferenceSettings
+from alignlab.rl.processes import ALONE, Processes, processes_of
 from alignlab.rl.ptx import PtxStream
 from alignlab.rl.rollout import Clock, collect_rollout
 from alignlab.rl.scorers import build_scorer
 from alignlab.rl.settings import RLSettings
+from alignlab.rl.step_metrics import StepMetrics
 from alignlab.runs import RunFolder
 from alignlab.train.checkpoint import Progress, latest_checkpoint, save_checkpoint
 from alignlab.train.common import report_data, save_final, start_stage
@@ -65,6 +81,7 @@ from alignlab.train.loop import main_log
 from alignlab.train.objective import Objective
 from alignlab.train.sampler import StepSampler
 from alignlab.train.schedule import make_scheduler
+from alignlab.train.sharding import accumulation_boundary, clip_grad_norm, prepare_sharding
 
 
 class OnlineConfig(StageConfig):
@@ -111,7 +128,7 @@ class OnlineConfig(StageConfig):
         return loss_term_list(value)
 
     @model_validator(mode="after")
-    def _check_algorithm(self) -> "OnlineConfig":
+    def _check_algorithm(self) -> OnlineConfig:
         check_config(self)
         return self
 
@@ -163,7 +180,10 @@ class ReferenceState:
         self.synced = False
 
     def sync_from(self, policy) -> None:
-        self.reference.load_state_dict(policy.state_dict())
+        """Copy ``policy``'s weights into the reference; with a sharded policy every process calls
+        this together (each FSDP2 shard is all-gathered: :func:`whole_tensor`)."""
+        state = {name: whole_tensor(value) for name, value in policy.state_dict().items()}
+        self.reference.load_state_dict(state)
         self.synced = True
 
     def state_dict(self) -> dict:
@@ -199,22 +219,27 @@ def _adamw(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.opt
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
+def prepare_trainable(acc, module: torch.nn.Module, lr: float, train: TrainSettings):
+    """``(module, optimiser)``: ``module`` and its AdamW through one ``acc.prepare`` call, after
+    the run's sharding settings are settled for it (:func:`prepare_sharding`: FSDP2 wrap units).
+    Under FSDP2 accelerate prepares one model per call, so the policy and the critic each get
+    their own call."""
+    optimiser = _adamw(module, lr, train.weight_decay)
+    prepare_sharding(acc, module, train)
+    return acc.prepare(module, optimiser)
+
+
 def build_learner(cfg: OnlineConfig, acc, policy, critic, total_updates: int) -> Learner:
     """Wrap, optimise and schedule the policy (and critic); everything registered for checkpoints."""
     train = cfg.train
     if train.gradient_checkpointing and hasattr(policy, "gradient_checkpointing_enable"):
         policy.gradient_checkpointing_enable()
-    policy_module = TokenLogprobModule(policy)
-    policy_opt = _adamw(policy_module, train.learning_rate, train.weight_decay)
-    if critic is None:
-        policy_module, policy_opt = acc.prepare(policy_module, policy_opt)
-        critic_module = critic_opt = critic_sched = None
-    else:
-        critic_module = ValueModule(critic)
-        critic_opt = _adamw(critic_module, cfg.rl.critic_learning_rate or train.learning_rate,
-                            train.weight_decay)
-        policy_module, policy_opt, critic_module, critic_opt = acc.prepare(
-            policy_module, policy_opt, critic_module, critic_opt)
+    policy_module, policy_opt = prepare_trainable(acc, TokenLogprobModule(policy),
+                                                  train.learning_rate, train)
+    critic_module = critic_opt = critic_sched = None
+    if critic is not None:
+        critic_module, critic_opt = prepare_trainable(
+            acc, ValueModule(critic), cfg.rl.critic_learning_rate or train.learning_rate, train)
         critic_sched = make_scheduler(critic_opt, train.lr_schedule, train.warmup_ratio,
                                       total_updates)
         acc.register_for_checkpointing(critic_sched)
@@ -237,7 +262,8 @@ class UpdatePlan:
 
 
 def plan_update(cfg: OnlineConfig, algo: Algorithm) -> UpdatePlan:
-    """Minibatch count from the configured sizes (the same on every process)."""
+    """Minibatch count from the configured sizes, which count per process (as ``batch_size``;
+    the same on every process)."""
     units = cfg.train.batch_size * cfg.generation.num_samples // algo.unit_rows
     size = cfg.rl.minibatch_size or units
     return UpdatePlan(cfg.rl.ppo_epochs, max(1, math.ceil(units / size)), cfg.rl.micro_batch_size)
@@ -270,11 +296,11 @@ class MetricSums:
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
 
-    def add(self, prefix: str, metrics: dict) -> None:
+    def add(self, prefix: str | None, metrics: dict) -> None:
         for name, value in metrics.items():
             value = float(value)
             if math.isfinite(value):
-                key = f"{prefix}/{name}"
+                key = name if prefix is None else f"{prefix}/{name}"
                 self.sums[key] = self.sums.get(key, 0.0) + value
                 self.counts[key] = self.counts.get(key, 0) + 1
 
@@ -287,35 +313,88 @@ def policy_forward(module, exp: Experience) -> torch.Tensor:
     return exp.where.take(module(exp.batch))
 
 
+def metric_weight(exp: Experience, algo: Algorithm) -> float:
+    """What the objectives' metrics average over in a chunk: its real tokens, or its pairs."""
+    return len(exp) / algo.unit_rows if algo.unit_rows > 1 else float(exp.mask.sum())
+
+
 def chunk_loss(learner: Learner, algo: Algorithm, exp: Experience, ctx: LossContext,
-               sums: MetricSums) -> torch.Tensor:
-    """Mean policy loss (+ vf_coef * value loss for PPO) of one chunk."""
-    logp = policy_forward(learner.policy, exp)
+               step: StepMetrics, units: float, live: LiveForward | None = None) -> torch.Tensor:
+    """Mean policy loss (+ vf_coef * value loss for PPO) of one chunk; its metrics go to ``step``
+    (losses weighted by the chunk's loss ``units``, the other metrics by :func:`metric_weight`;
+    ``units`` 0 adds nothing). ``live``: the chunk's forward, already run."""
+    logp = policy_forward(learner.policy, exp) if live is None else live.logp
     loss, metrics = algo.loss(logp, exp, ctx)
-    sums.add("policy", {"loss": loss.detach(), **metrics})
+    share = metric_weight(exp, algo) if units > 0 else 0.0
+    step.add("policy", {"loss": loss.detach()}, units)
+    step.add("policy", metrics, share)
     if learner.critic is not None:
-        values = exp.where.take(learner.critic(exp.batch))
+        values = exp.where.take(learner.critic(exp.batch)) if live is None else live.values
         v_loss, v_metrics = value_loss(values, exp.old_values, exp.returns, exp.mask,
                                        ctx.rl.value_clip, ctx.reduction, ctx.norm_length)
-        sums.add("value", {"loss": v_loss.detach(), **v_metrics})
+        v_metrics.pop("explained_variance")
+        step.add("value", {"loss": v_loss.detach()}, units)
+        step.add("value", v_metrics, float(exp.mask.sum()) if units > 0 else 0.0)
+        moments = explained_variance_sums(values, exp.returns, exp.mask)
+        step.add_moments(moments if units > 0 else torch.zeros_like(moments))
         loss = loss + ctx.rl.vf_coef * v_loss
     return loss
 
 
 def minibatch_step(acc, learner: Learner, algo: Algorithm, exp: Experience, ctx: LossContext,
-                   plan: UpdatePlan, ptx: PtxStream | None, sums: MetricSums) -> None:
-    """One optimiser step on one minibatch (split into micro-batches), over every process."""
-    chunks = _micro_chunks(exp, plan.micro_rows, algo.unit_rows)
-    units = [loss_units(ctx.reduction, c, algo.unit_rows) for c in chunks]
-    total = float(acc.reduce(torch.tensor(sum(units), device=acc.device), "sum"))
-    for i, (chunk, n) in enumerate(zip(chunks, units)):
-        loss = chunk_loss(learner, algo, chunk, ctx, sums) * (n * acc.num_processes / max(total, 1e-8))
+                   plan: UpdatePlan, ptx: PtxStream | None, sums: MetricSums,
+                   processes: Processes = ALONE, live: LiveForward | None = None,
+                   empty: bool = False) -> None:
+    """One optimiser step on one minibatch (split into micro-batches), over every process.
+
+    Each chunk's mean loss is scaled by its share of the minibatch's loss units over every process
+    (times the process count, which DDP's gradient mean divides out), so the gradient is that of
+    the whole minibatch's loss. ``live``: the minibatch's forward already ran (one chunk).
+    ``empty``: this process has no unit in the minibatch and ``exp`` holds stand-in rows; they
+    weigh 0, so the process only joins the collective calls and the gradient all-reduce.
+    Every process runs as many chunks (:func:`lockstep_chunks`), each a forward and a backward in
+    which the last chunk is the accumulation boundary (:func:`accumulation_boundary`)."""
+    chunks = [exp] if live is not None else _micro_chunks(exp, plan.micro_rows, algo.unit_rows)
+    units = [0.0 if empty else loss_units(ctx.reduction, c, algo.unit_rows) for c in chunks]
+    real = len(chunks)
+    chunks, units = lockstep_chunks(chunks, units, processes)
+    total = float(processes.sum(torch.tensor(sum(units), dtype=torch.float64)))
+    step = StepMetrics()
+    for index, (chunk, n) in enumerate(zip(chunks, units)):
+        loss = chunk_loss(learner, algo, chunk, ctx, step, n, live)
+        loss = loss * (n * processes.size / max(total, 1e-8))
         if ptx is not None:
-            nll, ptx_metrics = ptx_loss(*ptx.next_logprobs(learner.policy, len(chunk)))
-            sums.add("ptx", ptx_metrics)
-            loss = loss + ctx.rl.ptx_coef * nll / len(chunks)
-        acc.backward(loss)
+            loss = loss + _ptx_term(learner, ptx, ctx, chunk, real, step, empty=n == 0)
+        with accumulation_boundary(acc, index == len(chunks) - 1):
+            acc.backward(loss)
+    sums.add(None, step.global_means(processes))
     _optimiser_step(acc, learner, sums)
+
+
+def lockstep_chunks(chunks: list[Experience], units: list[float],
+                    processes: Processes = ALONE) -> tuple[list[Experience], list[float]]:
+    """Pad this process's chunks with zero-weight repeats of its first chunk up to the most
+    chunks any process has, so every process runs the same number of forwards and backwards: a
+    DDP backward all-reduces and every forward of an FSDP2-sharded model all-gathers, and those
+    calls must pair up across processes. (A minibatch's units, drawn from a permutation of the
+    global batch, split unevenly over the processes, and so do its micro-batches.)"""
+    most = int(processes.gather(torch.tensor([len(chunks)], dtype=torch.long)).max())
+    extra = most - len(chunks)
+    return chunks + chunks[:1] * extra, units + [0.0] * extra
+
+
+def _ptx_term(learner: Learner, ptx: PtxStream, ctx: LossContext, chunk: Experience, chunks: int,
+              step: StepMetrics, empty: bool) -> torch.Tensor | float:
+    """The PPO-ptx term of one chunk (``ptx_coef`` × NLL of as many pretraining sequences as the
+    chunk has rows, split over the ``chunks`` real chunks). A stand-in chunk (``empty``: no unit)
+    draws nothing and registers the names; it still runs one forward, weighted 0, so sharded
+    processes stay in lock-step."""
+    if empty:
+        step.add("ptx", ptx_loss(torch.zeros(1, 1), torch.ones(1, 1))[1], 0.0)
+        return 0.0 * learner.policy(chunk.batch).sum()
+    nll, ptx_metrics = ptx_loss(*ptx.next_logprobs(learner.policy, len(chunk)))
+    step.add("ptx", ptx_metrics, 1.0 / chunks)
+    return ctx.rl.ptx_coef * nll / chunks
 
 
 def _micro_chunks(exp: Experience, micro_rows: int | None, unit_rows: int) -> list[Experience]:
@@ -331,7 +410,7 @@ def _optimiser_step(acc, learner: Learner, sums: MetricSums) -> None:
     if learner.critic is not None:
         parts.append((learner.critic, learner.critic_opt, learner.critic_sched, "value"))
     for module, opt, sched, name in parts:
-        norm = acc.clip_grad_norm_(module.parameters(), max_norm)
+        norm = clip_grad_norm(acc, module, max_norm)
         sums.add(name, {"grad_norm": norm})
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -339,32 +418,41 @@ def _optimiser_step(acc, learner: Learner, sums: MetricSums) -> None:
     learner.updates += 1
 
 
-def update(acc, learner: Learner, algo: Algorithm, exp: Experience, ctx: LossContext,
-           plan: UpdatePlan, ptx: PtxStream | None, seed: int) -> dict[str, float]:
-    """``plan.epochs`` passes over the experience's units in shuffled minibatches.
+def unit_offset(processes: Processes, count: int) -> tuple[int, int]:
+    """``(offset, total)``: where this process's ``count`` units start in the global unit order
+    (the processes' units concatenated in rank order) and how many units all processes hold."""
+    counts = processes.gather(torch.tensor([count], dtype=torch.long)).tolist()
+    return sum(counts[:processes.rank]), sum(counts)
 
-    A minibatch with no unit on this process (online DPO with few untied groups) is skipped when
-    training alone; with several processes it becomes a zero-gradient step so that every process
-    takes the same optimiser steps."""
+
+def update(acc, learner: Learner, algo: Algorithm, exp: Experience, ctx: LossContext,
+           plan: UpdatePlan, ptx: PtxStream | None, seed: int, processes: Processes = ALONE,
+           live: LiveForward | None = None) -> dict[str, float]:
+    """``plan.epochs`` passes over the global batch's units in shuffled minibatches.
+
+    Every process draws the same permutation of the *global* units (``seed``) and splits it into
+    ``plan.minibatches`` parts; each process trains on its own units of each part, so the
+    minibatches are the same sets however the rollout is spread over processes. A part with no unit
+    at all is skipped; a process with none of a part's units takes a zero-weight step (every
+    process takes the same optimiser steps). ``live``: the update's forward over the whole rollout
+    (one epoch of one minibatch, :mod:`alignlab.rl.onpolicy`)."""
     sums = MetricSums()
     units = unit_rows_of(exp, algo)
     dummy = torch.arange(min(algo.unit_rows, len(exp)))
+    offset, total = unit_offset(processes, len(units))
     generator = torch.Generator().manual_seed(seed)
     for _ in range(plan.epochs):
-        order = torch.randperm(len(units), generator=generator)
+        order = torch.randperm(total, generator=generator)
         for part in torch.tensor_split(order, plan.minibatches):
-            if len(part):
-                mini = exp.select(units[part].flatten().to(exp.scores.device))
-                minibatch_step(acc, learner, algo, mini, ctx, plan, ptx, sums)
-            elif acc.num_processes > 1:
-                _zero_step(acc, learner, algo, exp.select(dummy.to(exp.scores.device)), ctx, sums)
+            if not len(part):
+                continue
+            mine = part[(part >= offset) & (part < offset + len(units))] - offset
+            rows = (units[mine].flatten() if len(mine) else dummy).to(exp.scores.device)
+            mini = exp.select(rows)
+            given = None if live is None else live.rows(rows, mini.mask.shape[1])
+            minibatch_step(acc, learner, algo, mini, ctx, plan, ptx, sums, processes, given,
+                           empty=not len(mine))
     return sums.means()
-
-
-def _zero_step(acc, learner, algo, exp, ctx, sums) -> None:
-    """A step that contributes no gradient (a process with no unit left in this minibatch)."""
-    acc.backward(chunk_loss(learner, algo, exp, ctx, MetricSums()) * 0.0)
-    _optimiser_step(acc, learner, sums)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -395,6 +483,8 @@ class OnlineRun:
     ptx: PtxStream | None
     ref_state: ReferenceState | None
     plan: UpdatePlan
+    processes: Processes = ALONE
+    reuse_forward: bool = False
 
 
 def iterations(cfg: OnlineConfig, sampler: StepSampler) -> int:
@@ -415,9 +505,12 @@ def setup(cfg: OnlineConfig, run: RunFolder) -> OnlineRun:
     if reference is not None:
         reference.to(acc.device)
     critic = load_reward_model(critic_settings(cfg))[0] if algo.needs_critic else None
-    sampler = StepSampler(len(loaded.records), cfg.train.batch_size, acc.num_processes, 1,
+    sampler = StepSampler(len(loaded.records), cfg.train.batch_size * acc.num_processes, 1, 1,
                           cfg.train.seed)
     plan = plan_update(cfg, algo)
+    reuse = algo.trains_every_row and reuses_update_forward(
+        plan.epochs, plan.minibatches, plan.micro_rows, rollout_rows(cfg, algo), algo.unit_rows,
+        (policy, critic))
     total_updates = iterations(cfg, sampler) * plan.epochs * plan.minibatches
     learner = build_learner(cfg, acc, policy, critic, total_updates)
     ptx = None
@@ -434,7 +527,27 @@ def setup(cfg: OnlineConfig, run: RunFolder) -> OnlineRun:
                      make_rollout_generator(cfg, policy, tokenizer),
                      make_opponent(algo, cfg, policy, tokenizer, reference),
                      PairPreference(cfg.preference, acc.device) if cfg.preference else None,
-                     controller, objective, ptx, ref_state, plan)
+                     controller, objective, ptx, ref_state, plan, processes_of(acc), reuse)
+
+
+def rollout_rows(cfg: OnlineConfig, algo: Algorithm) -> int:
+    """Rows of one process's rollout: its prompts × samples (× 2 with an opponent)."""
+    return cfg.train.batch_size * cfg.generation.num_samples * (2 if algo.opponent else 1)
+
+
+def iteration_prompts(state: OnlineRun, iteration: int) -> tuple[list[int], list[int]]:
+    """This process's prompts (dataset indices) at ``iteration`` and their sampling seeds.
+
+    The iteration's global batch (the sampler's window of ``batch_size`` × processes prompts) is
+    cut into one contiguous block per process in rank order, so the processes' rollouts,
+    concatenated, are the one-process rollout of the same global batch. A prompt's seed hashes the
+    generation seed, the iteration and the prompt's position in the global batch: its samples do
+    not depend on which process draws them (:mod:`alignlab.generation.seeded`)."""
+    size, rank = state.cfg.train.batch_size, state.processes.rank
+    window = state.sampler.micro_batches(iteration, 0)[0]
+    positions = range(rank * size, (rank + 1) * size)
+    seeds = [stream_seed(state.cfg.generation.seed, iteration, p) for p in positions]
+    return [window[p] for p in positions], seeds
 
 
 def make_rollout_generator(cfg: OnlineConfig, policy, tokenizer):
@@ -460,83 +573,119 @@ def make_opponent(algo: Algorithm, cfg: OnlineConfig, policy, tokenizer, referen
 
 
 def sampling_settings(cfg: OnlineConfig, iteration: int, rank: int):
-    """The generation settings of one iteration: a distinct, reproducible seed per (iteration, rank)."""
+    """The generation settings of one iteration: a distinct, reproducible seed per (iteration, rank)
+    (the built-in backends sample from the per-prompt seeds of :func:`iteration_prompts` instead;
+    this seed serves a generator that takes none)."""
     seed = (cfg.generation.seed * 1_000_003 + iteration * 101 + rank) % (2 ** 31)
     return cfg.generation.model_copy(update={"seed": seed})
 
 
-def shape_scores(raw: torch.Tensor, samples, rl) -> tuple[torch.Tensor, dict[str, float]]:
+def shape_scores(raw: torch.Tensor, samples, rl,
+                 processes: Processes = ALONE) -> tuple[torch.Tensor, dict[str, float]]:
     """The scores the algorithm trains on: a penalty for samples cut at max_new_tokens
-    (``missing_eos_penalty``), then batch normalisation (``score_norm``), then clipping
-    (``reward_clip``)."""
+    (``missing_eos_penalty``), then normalisation over the global batch (``score_norm``: every
+    process's scores), then clipping (``reward_clip``)."""
     scores = raw.clone()
     truncated = torch.tensor([s.stop_reason == "length" for s in samples], device=raw.device)
     if rl.missing_eos_penalty is not None:
         scores = scores - rl.missing_eos_penalty * truncated.float()
-    if rl.score_norm == "batch" and len(scores) > 1:
-        scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+    if rl.score_norm == "batch":
+        everyone = processes.gather(scores)
+        if len(everyone) > 1:
+            scores = (scores - everyone.mean()) / (everyone.std() + 1e-8)
     if rl.reward_clip is not None:
         scores = scores.clamp(-rl.reward_clip, rl.reward_clip)
-    return scores, {"truncated_rate": float(truncated.float().mean())}
+    return scores, {"truncated_rate": float(processes.gather(truncated.float()).mean())}
 
 
-def rollout_metrics(exp: Experience, rollout, parts: dict, monitor_parts: dict) -> dict[str, float]:
-    """Per-iteration statistics of the policy's own samples (not an opponent's; this process)."""
-    own = exp.own_rows
-    scores = rollout.scores[own]
-    row = {"reward/mean": float(scores.mean()),
-           "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
-           "response_length": float(exp.where.lengths[own].mean())}
+def rollout_metrics(exp: Experience, rollout, parts: dict, monitor_parts: dict,
+                    processes: Processes = ALONE) -> dict[str, float]:
+    """Per-iteration statistics of the policy's own samples (not an opponent's) of the global
+    batch: the per-row values of every process are gathered, then averaged (and the reward's
+    standard deviation taken) as one process holding every row would."""
+    columns = {"reward/mean": rollout.scores, "response_length": exp.where.lengths}
     if exp.ref_logp is not None:
-        row["kl"] = float((exp.old_logp - exp.ref_logp).mul(exp.mask).sum(1)[own].mean())
-    keep = own.tolist()
+        columns["kl"] = (exp.old_logp - exp.ref_logp).mul(exp.mask).sum(1)
     for prefix, named in (("reward", parts), ("monitor", monitor_parts)):
         for name, values in named.items():
-            mine = [v for v, k in zip(values, keep) if k]
-            row[f"{prefix}/{name}"] = sum(mine) / len(mine)
+            columns[f"{prefix}/{name}"] = torch.tensor(values, dtype=torch.float64)
+    table = torch.stack([exp.own_rows.double().cpu()]
+                        + [c.detach().double().cpu() for c in columns.values()], 1)
+    table = processes.gather(table)
+    own = table[:, 0] > 0
+    row = {name: float(column[own].mean()) for name, column in zip(columns, table[:, 1:].T)}
+    rewards = table[own, 1]
+    row["reward/std"] = float(rewards.std()) if len(rewards) > 1 else 0.0
     return row
 
 
 def one_iteration(state: OnlineRun, iteration: int) -> dict[str, float]:
-    """Rollout, advantages and update for one iteration; returns the process's metrics row."""
-    cfg, acc = state.cfg, state.acc
+    """Rollout, advantages and update for one iteration; returns the metrics row (over the global
+    batch, except the timings, which are this process's).
+
+    Sampling, scoring and the rollout's no-grad forwards call the HF policy itself, not the
+    prepared module, so they run inside :func:`gathered_for_generation`: under FSDP2 (or ZeRO-3)
+    its parameters are whole there and those forwards communicate nothing, so processes may
+    sample different lengths; elsewhere the block does nothing. The update's forwards go through
+    the prepared module (sharded, in lock-step)."""
+    cfg, acc, processes = state.cfg, state.acc, state.processes
     timings: dict[str, float] = {}
     clock = Clock(timings)
     start = time.perf_counter()
-    idx = state.sampler.micro_batches(iteration, acc.process_index)[0]
-    prompts = [state.prompts[i] for i in idx]
+    idx, seeds = iteration_prompts(state, iteration)
     if state.algo.opponent == "mixture":
         state.opponent.coef = cfg.rl.mixture_coef_at(iteration)
-    rollout = collect_rollout(state.policy, state.tokenizer, state.generator, prompts,
-                              sampling_settings(cfg, iteration, acc.process_index), state.scorer,
-                              cfg.train.max_prompt_length, state.reference, state.adapter_base,
-                              timings, state.opponent)
-    monitor_parts = {}
-    if state.monitor is not None:
-        with clock("monitor"):
-            state.monitor.score(rollout.prompts, rollout.texts)
-        monitor_parts = state.monitor.last_parts
-    scores, score_metrics = shape_scores(rollout.scores, rollout.samples, cfg.rl)
+    with gathered_for_generation(acc, state.policy):  # every process; whole weights (sharded runs)
+        rollout = collect_rollout(state.policy, state.tokenizer, state.generator,
+                                  [state.prompts[i] for i in idx],
+                                  sampling_settings(cfg, iteration, processes.rank), state.scorer,
+                                  cfg.train.max_prompt_length, state.reference, state.adapter_base,
+                                  timings, state.opponent, seeds, not state.reuse_forward,
+                                  cfg.rl.share_prompt)
+        monitor_parts = score_monitors(state, rollout, clock)
+    scores, score_metrics = shape_scores(rollout.scores, rollout.samples, cfg.rl, processes)
     exp = experience_from_rollout(rollout, scores)
-    if state.learner.critic is not None:
-        exp.old_values = exp.where.take(critic_values(state.learner.critic, rollout.batch))
-    beta = state.controller.value
-    row = rollout_metrics(exp, rollout, state.scorer.last_parts, monitor_parts)
+    live = record_old_values(state, exp, clock)
+    row = rollout_metrics(exp, rollout, state.scorer.last_parts, monitor_parts, processes)
     row.update(score_metrics)
     if state.preference is not None:
         with clock("judge"):
             row.update(judge_pairs(state, exp, rollout, iteration))
-    row.update(state.algo.prepare(exp, cfg.rl, beta))
+    beta = state.controller.value
+    row.update(state.algo.prepare(exp, cfg.rl, beta, processes))
     ctx = LossContext(cfg.rl, beta, state.algo.reduction_for(cfg.rl), cfg.generation.max_new_tokens,
                       state.objective)
     with clock("update"):
         row.update(update(acc, state.learner, state.algo, exp, ctx, state.plan, state.ptx,
-                          cfg.train.seed * 7919 + iteration))
+                          cfg.train.seed * 7919 + iteration, processes, live))
     row["kl_coef"] = beta
     _after_update(state, iteration, row)
     timings["iteration"] = time.perf_counter() - start
     row.update({f"time/{k}": v for k, v in timings.items()})
     return row
+
+
+def score_monitors(state: OnlineRun, rollout, clock: Clock) -> dict:
+    """The monitor scorers' per-row parts (logged, not trained on); empty without monitors."""
+    if state.monitor is None:
+        return {}
+    with clock("monitor"):
+        state.monitor.score(rollout.prompts, rollout.texts)
+    return state.monitor.last_parts
+
+
+def record_old_values(state: OnlineRun, exp: Experience, clock: Clock) -> LiveForward | None:
+    """Fill what the rollout did not record: with one update per rollout, ``old_logp`` (and
+    PPO's ``old_values``) from the update's own forward, returned with its graph for the update
+    (:mod:`alignlab.rl.onpolicy`); otherwise the critic's no-grad values (PPO)."""
+    learner = state.learner
+    if state.reuse_forward:
+        with clock("update"):
+            return live_forward(learner.policy, learner.critic, exp)
+    if learner.critic is not None:
+        with clock("logprob"):
+            exp.old_values = exp.where.take(critic_values(learner.critic, exp.batch))
+    return None
 
 
 def judge_pairs(state: OnlineRun, exp: Experience, rollout, iteration: int) -> dict[str, float]:
@@ -553,27 +702,30 @@ def judge_pairs(state: OnlineRun, exp: Experience, rollout, iteration: int) -> d
 
 
 def _after_update(state: OnlineRun, iteration: int, row: dict) -> None:
-    """KL controller, moving reference, re-synced generator weights."""
+    """KL controller, moving reference, re-synced generator weights. The last two read the
+    policy's whole weights, on every process: the reference from gathered shards, the generator
+    inside :func:`gathered_for_generation`."""
     acc = state.acc
-    if "kl" in row:
-        kl = float(acc.reduce(torch.tensor(row["kl"], device=acc.device), "mean"))
+    if "kl" in row:  # already over every process (rollout_metrics)
         n = state.cfg.train.batch_size * state.cfg.generation.num_samples * acc.num_processes
-        state.controller.update(kl, n)
+        state.controller.update(row["kl"], n)
     every = state.cfg.rl.ref_sync_every
     if state.ref_state is not None and (iteration + 1) % every == 0:
         state.ref_state.sync_from(state.policy)
         row["ref_synced"] = 1.0
     sync = getattr(state.generator, "sync_weights", None)
     if callable(sync):
-        sync(state.policy)
+        with gathered_for_generation(acc, state.policy):
+            sync(state.policy)
 
 
 def global_row(acc, row: dict[str, float]) -> dict[str, float]:
-    """Every metric averaged over processes (each process has the same number of samples)."""
+    """Every metric averaged over processes: the timings and the judge's means (each process has
+    the same number of samples); the rest is already global, the same on every process."""
     if acc.num_processes == 1:
         return row
     names = sorted(row)
-    values = torch.tensor([float(row[n]) for n in names], device=acc.device)
+    values = torch.tensor([float(row[n]) for n in names], dtype=torch.float64, device=acc.device)
     values = acc.reduce(values, "mean")
     return dict(zip(names, values.tolist()))
 
@@ -604,6 +756,9 @@ def run_online(cfg: OnlineConfig, run: RunFolder) -> Path:
     main_log(acc, run, f"{state.algo.name}: {total} iterations of {cfg.train.batch_size} prompts x "
                        f"{cfg.generation.num_samples} samples per process; {state.plan.epochs} "
                        f"epoch(s) x {state.plan.minibatches} minibatch(es) each; from {start}")
+    if state.reuse_forward:
+        main_log(acc, run, "one update per rollout: old log-probs come from the update's forward "
+                           "(no separate no-grad policy forward)")
     window = MetricSums()
     eval_prompts = load_eval_prompts(cfg, state)
     for iteration in range(start, total):
@@ -639,8 +794,9 @@ def _eval_due(cfg: OnlineConfig, step: int, total: int) -> bool:
 
 def _evaluate(state: OnlineRun, prompts: list, step: int) -> None:
     """Held-out evaluation of the live policy (:mod:`alignlab.rl.held_out`), logged at ``step``."""
-    row = evaluate_prompts(state.acc, prompts, state.generator, state.cfg.generation, state.scorer,
-                           state.monitor)
+    with gathered_for_generation(state.acc, state.policy):  # every process
+        row = evaluate_prompts(state.acc, prompts, state.generator, state.cfg.generation,
+                               state.scorer, state.monitor)
     if state.acc.is_main_process:
         state.run.log_metrics(row, step=step)
         state.run.log(f"eval at iteration {step}: " + ", ".join(

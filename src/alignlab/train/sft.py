@@ -1,9 +1,11 @@
 """Supervised fine-tuning stage: prompt-masked NLL on assistant turns, global token-mean.
 
 Records of kind ``conversation`` (pairs become prompt + chosen) are encoded with the chat template
-(``data.tokenize.encode_conversation``), optionally packed, and trained with the shared loop; the loss
-is the sum of -log p over every target token of the optimiser step divided by the global number of
-target tokens (see ``losses.sft`` for why this differs from averaging per micro-batch).
+(``data.tokenize.encode_conversation``), optionally packed (``packing: true``: first-fit rows of
+``max_length`` tokens, each document attending only to itself, see ``data.packing``), and trained
+with the shared loop; the loss is the sum of -log p over every target token of the optimiser step
+divided by the global number of target tokens (see ``losses.sft`` for why this differs from
+averaging per micro-batch).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pydantic import Field
 from alignlab.config import DataSettings, ModelSettings, StageConfig, TrainSettings
 from alignlab.data.collate import pad_encoded
 from alignlab.data.loading import load_records
-from alignlab.data.packing import pack_encoded
+from alignlab.data.packing import check_packing_support, pack_encoded
 from alignlab.data.tokenize import encode_conversation
 from alignlab.losses.sft import nll_sum
 from alignlab.models.loading import load_causal_lm
@@ -64,6 +66,7 @@ def build_sft_items(cfg: SFTConfig, tokenizer, records, source: str) -> tuple[li
     kept = [item for item in items if sum(item.loss_mask[1:]) > 0]
     dropped = len(items) - len(kept)
     if cfg.packing:
+        check_packing_support()
         kept = pack_encoded(kept, cfg.train.max_length)
     return kept, dropped
 
