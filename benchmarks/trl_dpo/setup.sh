@@ -5,6 +5,14 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="$here/.venv"
 python3 -m venv --system-site-packages "$venv"
+# When python3 is itself a venv (e.g. the project's .venv), --system-site-packages sees only the base
+# interpreter's packages; link the invoking environment's site-packages too (addsitedir, so its own
+# .pth files, such as alignlab's editable install, are processed).
+parent_site="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+venv_site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ "$parent_site" != "$venv_site" ] && ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+    echo "import site; site.addsitedir('$parent_site')" > "$venv_site/_alignlab_parent_env.pth"
+fi
 # Constraints pin what is already installed, so TRL cannot pull a different torch/transformers.
 constraints="$(mktemp)"
 python3 - > "$constraints" <<'PY'

