@@ -123,12 +123,13 @@ def test_option_branch_shares_common_tokens():
         option_branch(tok, "Q", ["A", "AB"])
 
 
-def test_read_option_probs_matches_a_direct_forward_with_padding():
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_read_option_probs_matches_a_direct_forward_with_padding(share_prefix):
     tok, model = _tok(), make_tiny_lm()
     a, b = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
     # shortest first: the reader sorts by length into batches and must put results back in order
     rows = [([1, 20, 21], [a, b]), ([1, 10, 11, 12, 13], [b, a]), ([1, 5, 6, 7], [a, b])]
-    probs, mass = read_option_probs(model, rows, pad_id=0, batch_size=2)
+    probs, mass = read_option_probs(model, rows, pad_id=0, batch_size=2, share_prefix=share_prefix)
     assert probs[0] != probs[2]
     for (ctx, (x, y)), p, m in zip(rows, probs, mass):
         with torch.no_grad():
@@ -232,6 +233,63 @@ def test_local_judge_labels_equal_a_manual_forward():
     a, b = tok.convert_tokens_to_ids("A"), tok.convert_tokens_to_ids("B")
     p_b = torch.softmax(logits[[a, b]], -1)[1].item()  # chosen ("good reply") listed second = B
     assert rows[0]["p_chosen_second"][0] == pytest.approx(p_b, abs=1e-5)
+
+
+def _labeller_texts(tok, per_pair=2):
+    """The texts the labeller asks for three pairs with conversations of different lengths, both
+    orders, ``per_pair`` principles each (as :meth:`PairLabeler.label` renders them)."""
+    prompts = [PROMPT, (Message("user", "Hi"),),
+               (Message("user", "Tell me a story about a cat."), Message("assistant", "Once a cat."),
+                Message("user", "And then?"))]
+    pairs = [PreferencePair(p, f"good reply {i}", "a much longer bad reply", 1.0)
+             for i, p in enumerate(prompts)]
+    texts = []
+    for r in make_requests(pairs, load_constitution("gym"), per_pair, seed=0):
+        for principle in r.principles:
+            for first, second in ((r.chosen, r.rejected), (r.rejected, r.chosen)):
+                texts.append(render_judge_text(tok, comparison_messages(r.prompt, first, second,
+                                                                        principle), ANSWER_PREFIX))
+    return texts
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_shared_prefix_judge_equals_one_forward_per_text(dtype, tol, monkeypatch):
+    """Both orders x 2 principles x 3 pairs (shared heads of different lengths, batched together):
+    the option probabilities equal one forward per text, and the forward runs far fewer tokens."""
+    from alignlab.models import prefix_groups
+
+    tok, model = _tok(), make_tiny_lm(3).to(dtype)
+    texts = _labeller_texts(tok)
+    contexts = [option_branch(tok, t, ["A", "B"]) for t in texts]
+    packed_tokens, pack = [], prefix_groups.pack_contexts
+
+    def counting_pack(*args, **kwargs):
+        layout, last = pack(*args, **kwargs)
+        packed_tokens.append(layout.packed_tokens)
+        return layout, last
+
+    monkeypatch.setattr(prefix_groups, "pack_contexts", counting_pack)
+    got = LocalJudge(model, tok, batch_size=8).option_probs(texts, ["A", "B"])
+    for (ctx, ids), p in zip(contexts, got, strict=True):
+        with torch.no_grad():
+            logits = model(torch.tensor([ctx])).logits[0, -1]
+        want = torch.softmax(logits[ids], -1)
+        assert p == pytest.approx(want.tolist(), abs=tol, rel=0)
+    assert len(packed_tokens) == 2  # 12 questions, at most 8 per forward, whole groups
+    assert sum(packed_tokens) < 0.75 * sum(len(c) for c, _ in contexts)
+
+
+def test_flash_attention_judges_run_one_row_per_context(monkeypatch):
+    """A model whose attention takes no custom mask reads each context in its own row."""
+    from alignlab.feedback import judges
+
+    tok, model = _tok(), make_tiny_lm()
+    model.config._attn_implementation = "flash_attention_2"
+    calls = []
+    monkeypatch.setattr(judges, "_option_logprobs_per_context", lambda m, rows, pad, bs: calls.append(
+        len(rows)) or torch.zeros(len(rows), 2))
+    assert LocalJudge(model, tok).option_probs(["x", "y z"], ["A", "B"]) == [[0.5, 0.5]] * 2
+    assert calls == [2]
 
 
 # ----------------------------------------------------------------------------- the stage and resume

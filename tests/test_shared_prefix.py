@@ -124,6 +124,23 @@ def test_flash_attention_models_are_not_shared():
     assert not can_share_prefix(model)
 
 
+def test_sliding_window_and_recurrent_models_are_not_shared():
+    """Packing is exact only under full attention: a window or a recurrence would see packed
+    positions of the other suffixes."""
+    model = make_tiny_lm(0)
+    model.config.sliding_window = 4096
+    assert not can_share_prefix(model)
+    model.config.use_sliding_window = False          # Qwen2-style: window configured but off
+    assert can_share_prefix(model)
+    model.config.sliding_window = None
+    model.config.layer_types = ["full_attention", "sliding_attention"]
+    assert not can_share_prefix(model)
+    model.config.layer_types = ["full_attention", "full_attention"]
+    assert can_share_prefix(model)
+    model.config.model_type = "mamba"
+    assert not can_share_prefix(model)
+
+
 def test_rows_must_split_into_groups():
     ids, attn, _ = _batch(PAIR_ROWS[:5], PAIR_STARTS[:5])
     with pytest.raises(ValueError, match="groups of 2"):

@@ -157,6 +157,8 @@ class JudgeSettings(StrictModel):
     is read from the environment variable named by ``api_key_env`` and is never written anywhere.
     ``top_logprobs`` is how many alternatives the endpoint is asked for (an option outside them gets
     no probability mass; vLLM serves at most its ``--max-logprobs``, 20 by default).
+    A local judge runs a head that several questions share (a pair's two option orders, its
+    principles) once (:mod:`alignlab.models.prefix_groups`); ``batch_size`` still counts questions.
     """
 
     kind: Literal["local", "reward_model", "http"] = "local"

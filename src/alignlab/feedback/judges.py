@@ -50,9 +50,9 @@ def option_branch(tokenizer, text: str, options: Sequence[str]) -> tuple[list[in
     from alignlab.data.tokenize import prompt_ids
 
     encoded = [prompt_ids(tokenizer, text + option) for option in options]
-    n = 0
-    while all(len(e) > n for e in encoded) and len({e[n] for e in encoded}) == 1:
-        n += 1
+    n = min(len(e) for e in encoded)  # the encodings differ near their ends: compare whole slices
+    while any(e[:n] != encoded[0][:n] for e in encoded[1:]):
+        n -= 1
     if any(len(e) <= n for e in encoded):
         raise ValueError(f"option {options!r}: one option is a token prefix of another")
     ids = [e[n] for e in encoded]
@@ -62,19 +62,37 @@ def option_branch(tokenizer, text: str, options: Sequence[str]) -> tuple[list[in
 
 
 def read_option_probs(model, rows: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                      batch_size: int) -> tuple[list[list[float]], list[float]]:
+                      batch_size: int, share_prefix: bool = True) -> tuple[list[list[float]], list[float]]:
     """Normalised option probabilities and the raw option mass for each ``(context, option_ids)``.
 
     The mass (sum of the options' unnormalised probabilities) shows how much the model is answering
-    the question at all; the labeler reports its mean.
+    the question at all; the labeler reports its mean. At most ``batch_size`` contexts go through
+    the model per forward. Contexts that share a token prefix (both option orders, several
+    principles) run it once (:func:`alignlab.models.prefix_groups.last_token_logprobs`); models
+    whose attention takes no custom mask, or ``share_prefix=False``, run one left-padded row per
+    context.
     """
+    from alignlab.models.prefix_groups import last_token_logprobs
+    from alignlab.models.shared_prefix import can_share_prefix
+
+    if not rows:
+        return [], []
+    if share_prefix and can_share_prefix(model):
+        picked = last_token_logprobs(model, [r[0] for r in rows], [r[1] for r in rows], batch_size)
+    else:
+        picked = _option_logprobs_per_context(model, rows, pad_id, batch_size)
+    return torch.softmax(picked, -1).tolist(), picked.exp().sum(-1).tolist()
+
+
+def _option_logprobs_per_context(model, rows: Sequence[tuple[list[int], list[int]]], pad_id: int,
+                                 batch_size: int) -> torch.Tensor:
+    """``[N, K]`` option log-probs with one left-padded row per context (no prefix sharing)."""
     from alignlab.generation.hf import left_pad
     from alignlab.models.logprobs import default_position_ids
     from alignlab.models.reference import eval_mode, model_device
 
     device = model_device(model)
-    probs: list[list[float]] = [[] for _ in rows]
-    mass: list[float] = [0.0 for _ in rows]
+    picked = torch.empty(len(rows), len(rows[0][1]), dtype=torch.float32)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # little padding per batch
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -84,12 +102,9 @@ def read_option_probs(model, rows: Sequence[tuple[list[int], list[int]]], pad_id
                            position_ids=default_position_ids(attn).to(device),
                            logits_to_keep=1).logits[:, -1].float()
         logp = torch.log_softmax(logits, -1)
-        picked = torch.stack([logp[j, torch.tensor(rows[i][1], device=device)]
-                              for j, i in enumerate(chunk)])
-        for j, i in enumerate(chunk):
-            probs[i] = torch.softmax(picked[j], -1).cpu().tolist()
-            mass[i] = float(picked[j].exp().sum())
-    return probs, mass
+        picked[chunk] = torch.stack([logp[j, torch.tensor(rows[i][1], device=device)]
+                                     for j, i in enumerate(chunk)]).cpu()
+    return picked
 
 
 # ----------------------------------------------------------------------------- judges
@@ -97,11 +112,13 @@ def read_option_probs(model, rows: Sequence[tuple[list[int], list[int]]], pad_id
 
 class LocalJudge:
     """A local causal LM as a judge (see the module docstring). Contexts longer than ``max_length``
-    keep their last ``max_length`` tokens (the question and options are at the end)."""
+    keep their last ``max_length`` tokens (the question and options are at the end). Contexts that
+    share a head run it once (:func:`read_option_probs`); ``share_prefix=False`` reads each context
+    in its own row (the layout before prefix sharing, kept for benchmarks)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_length: int = 1024,
-                 name: str = "local_judge"):
-        self.model, self.tokenizer = model, tokenizer
+                 name: str = "local_judge", share_prefix: bool = True):
+        self.model, self.tokenizer, self.share_prefix = model, tokenizer, share_prefix
         self.batch_size, self.max_length, self.name = batch_size, max_length, name
         self.last_mass: list[float] = []
         self.truncated = 0  # queries whose context lost its start to max_length (running count)
@@ -113,7 +130,7 @@ class LocalJudge:
             self.truncated += len(context) > self.max_length
             rows.append((context[-self.max_length:], ids))
         probs, self.last_mass = read_option_probs(self.model, rows, self.tokenizer.pad_token_id,
-                                                  self.batch_size)
+                                                  self.batch_size, self.share_prefix)
         return probs
 
     def continue_texts(self, texts: Sequence[str], max_new_tokens: int, temperature: float,

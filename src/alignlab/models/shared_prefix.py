@@ -47,13 +47,26 @@ from alignlab.models.logprobs import (
 )
 
 MASKABLE_ATTENTION = frozenset({"eager", "sdpa"})
+RECURRENT_MODEL_TYPES = frozenset({"mamba", "mamba2", "falcon_mamba", "rwkv", "jamba", "zamba",
+                                   "zamba2", "bamba", "falcon_h1", "granitemoehybrid", "lfm2",
+                                   "qwen3_next", "recurrent_gemma", "xlstm"})
 
 
 def can_share_prefix(model) -> bool:
-    """True when the model's attention takes a custom 4D additive mask (eager or SDPA)."""
+    """True when packing is exact for this model: every layer is full causal attention that takes a
+    custom 4D additive mask (eager or SDPA). Sliding-window layers (their window would count packed
+    positions, not the row's own) and recurrent or linear-attention layers (they mix every earlier
+    position of the packed row, whatever the mask) say no, as do flash and flex attention."""
     config = getattr(unwrap_peft(model), "config", None)
     implementation = getattr(config, "_attn_implementation", None) or "eager"
-    return implementation in MASKABLE_ATTENTION
+    if implementation not in MASKABLE_ATTENTION:
+        return False
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(kind != "full_attention" for kind in layer_types):
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    return getattr(config, "model_type", "") not in RECURRENT_MODEL_TYPES
 
 
 @dataclass
