@@ -210,9 +210,9 @@ def test_end_to_end_through_the_hf_backend(tiny_model, tmp_path, monkeypatch):  
     seen: list[list[int]] = []
     original = HFGenerator._generate_batch
 
-    def spy(self, prompt_ids, settings, device):
+    def spy(self, prompt_ids, settings, device, *rest):
         seen.extend(prompt_ids)
-        return original(self, prompt_ids, settings, device)
+        return original(self, prompt_ids, settings, device, *rest)
 
     monkeypatch.setattr(HFGenerator, "_generate_batch", spy)
     cfg = StepLabelConfig(data=StepDataSettings(path=str(data)),
