@@ -1,4 +1,4 @@
-"""The fixed glibc mmap threshold (alignlab.heap): applied by default, configurable, refusable."""
+"""The fixed glibc mmap threshold (alignlab.heap): off by default, opt-in from the environment."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from alignlab.heap import DEFAULT_THRESHOLD, ENV, fix_mmap_threshold, mmap_threshold_setting
+from alignlab.heap import DEFAULT_THRESHOLD, ENV, MEMORY_SAVING_THRESHOLD, fix_mmap_threshold, mmap_threshold_setting
 
 # A child process frees a 4 MiB block, then allocates a 2 MiB one and says whether it lies in the
 # brk heap. With glibc's dynamic threshold the free raised the threshold to 4 MiB, so the 2 MiB
@@ -47,7 +47,9 @@ def test_fixed_threshold_keeps_large_blocks_out_of_the_heap():
 
 def test_setting_from_environment(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
-    assert mmap_threshold_setting() == DEFAULT_THRESHOLD
+    assert mmap_threshold_setting() == DEFAULT_THRESHOLD == 0 and fix_mmap_threshold() is False
+    monkeypatch.setenv(ENV, str(MEMORY_SAVING_THRESHOLD))
+    assert mmap_threshold_setting() == 1 << 20
     monkeypatch.setenv(ENV, "0")
     assert mmap_threshold_setting() == 0 and fix_mmap_threshold() is False
     monkeypatch.setenv(ENV, "2MB")

@@ -219,7 +219,7 @@ def bench_model(name: str, model_path: str, work: Path, out_dir: Path, env: dict
                                      ["trl", "--spec", str(spec_path), "--precompute"],
                                      work / f"{name}_trl_pre.json", env),
     }
-    if trl_fixed_mmap:  # TRL with the malloc setting alignlab applies at start-up (alignlab.heap)
+    if trl_fixed_mmap:  # TRL with alignlab's opt-in malloc setting (alignlab.heap)
         runs["trl_mmap"] = run_worker("TRL (ref model, inline, MALLOC_MMAP_THRESHOLD_=1MiB)",
                                       ["trl", "--spec", str(spec_path)],
                                       work / f"{name}_trl_mmap.json",
@@ -295,7 +295,7 @@ def main() -> None:
                              "(alignlab,trl); empty: none")
     parser.add_argument("--trl-fixed-mmap", action="store_true",
                         help="also run TRL's default with MALLOC_MMAP_THRESHOLD_=1MiB, the malloc "
-                             "setting the alignlab command applies itself")
+                             "setting alignlab offers as an opt-in (ALIGNLAB_MMAP_THRESHOLD)")
     opts = parser.parse_args()
     work = Path(opts.work)
     work.mkdir(parents=True, exist_ok=True)
