@@ -189,17 +189,20 @@ def _fake_converter(calls):
     return write
 
 
+GGUF_HEADER = b"GGUF" + (3).to_bytes(4, "little") + bytes(16)  # a valid, empty v3 header
+
+
 def test_gguf_converted_once_then_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "cache"))
     calls: list[str] = []
     monkeypatch.setattr(gguf_mod, "_write_converted", _fake_converter(calls))
     f = tmp_path / "m.gguf"
-    f.write_bytes(b"GGUF")
+    f.write_bytes(GGUF_HEADER)
     first, extra = resolve_model_source(ModelSettings(path=str(f)))
     second, _ = resolve_model_source(ModelSettings(path=str(tmp_path), gguf_file="m.gguf"))
     assert first == second and len(calls) == 1 and extra == {}
     assert first.startswith(str(tmp_path / "cache" / "gguf"))
-    f.write_bytes(b"GGUF-changed")  # new size → new conversion
+    f.write_bytes(GGUF_HEADER + b"-changed")  # new size → new conversion
     third, _ = resolve_model_source(ModelSettings(path=str(f)))
     assert third != first and len(calls) == 2
 
@@ -213,7 +216,7 @@ def test_gguf_killed_conversion_leaves_no_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gguf_mod, "_write_converted", crash)
     f = tmp_path / "m.gguf"
-    f.write_bytes(b"GGUF")
+    f.write_bytes(GGUF_HEADER)
     with pytest.raises(KeyboardInterrupt):
         resolve_model_source(ModelSettings(path=str(f)))
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []

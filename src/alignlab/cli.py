@@ -61,14 +61,26 @@ def _fail(message: str) -> None:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are the user's to fix (bad config, data, model path, constitution, judge): shown
-    as one ``error:`` line, never as a traceback."""
+    """Errors that are the user's to fix (bad config, data, model path, constitution, judge,
+    training stopped on non-finite steps): shown as one ``error:`` line, never as a traceback."""
     from alignlab.feedback.constitution import ConstitutionError
     from alignlab.feedback.http import JudgeError
     from alignlab.models.loading import ModelLoadError
+    from alignlab.storage import StorageError
+    from alignlab.train.nonfinite import NonFiniteError
 
     return (ConfigError, RecordError, FileNotFoundError, ConstitutionError, JudgeError,
-            ModelLoadError)
+            ModelLoadError, StorageError, NonFiniteError)
+
+
+def _fail_storage(exc: OSError) -> None:
+    """One ``error:`` line for a full disk or an unwritable file (re-raise anything else)."""
+    from alignlab.storage import StorageError, write_errno
+
+    code = write_errno(exc)
+    if code is None:
+        raise exc
+    _fail(str(StorageError(exc.filename or "a run file", code)))
 
 
 def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[list[str]]) -> None:
@@ -77,6 +89,8 @@ def _run_stage_command(stage: str, config: Optional[Path], overrides: Optional[l
         output = run_stage(cfg)
     except _user_errors() as exc:
         _fail(str(exc))
+    except OSError as exc:  # a write outside the wrapped ones found the disk full / read-only
+        _fail_storage(exc)
     except GateFailed as exc:
         typer.secho(f"gate failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
@@ -182,6 +196,8 @@ def run_recipe_command(recipe: Path = typer.Argument(..., help="Recipe YAML."),
         run_recipe(stages, log=typer.echo)
     except _user_errors() as exc:
         _fail(str(exc))
+    except OSError as exc:  # a write outside the wrapped ones found the disk full / read-only
+        _fail_storage(exc)
     except GateFailed as exc:
         typer.secho(f"gate failed: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
@@ -211,20 +227,21 @@ def quickstart(out: Path = typer.Option(Path("runs/quickstart"), "--out",
     typer.echo(f"quickstart finished in {time.time() - start:.0f} s; report: {out / 'report' / 'report.md'}")
 
 
-def main() -> None:
-    """Entry point of the ``alignlab`` console script.
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``alignlab`` console script (``argv``: the arguments, default the command
+    line's; given, the command runs in-process, as the malformed-input corpus does).
 
     Hugging Face's own progress bars (weight loading, shard writing) are switched off unless the user
     set ``HF_HUB_DISABLE_PROGRESS_BARS``: alignlab shows its own (:mod:`alignlab.progress`).
-    glibc's malloc gets a fixed mmap threshold so freed activations leave the process
-    (:mod:`alignlab.heap`; ``ALIGNLAB_MMAP_THRESHOLD=0`` turns that off)."""
+    ``ALIGNLAB_MMAP_THRESHOLD=<bytes>`` fixes glibc's mmap threshold, trading speed for a lower peak
+    RSS (:mod:`alignlab.heap`; off by default)."""
     import os
 
     from alignlab.heap import fix_mmap_threshold
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     fix_mmap_threshold()
-    app(prog_name="alignlab")
+    app(args=argv, prog_name="alignlab")
 
 
 if __name__ == "__main__":  # pragma: no cover

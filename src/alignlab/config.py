@@ -110,6 +110,14 @@ class TrainSettings(StrictModel):
     first); the completion is then cut on the right so prompt + completion fit ``max_length``.
     With the stage's ``eval_data`` set, the held-out set is evaluated every ``eval_every`` steps and
     after the last one; ``save_best`` then keeps the best evaluation's model as ``model/``.
+    Non-finite steps (:mod:`alignlab.train.nonfinite`): an optimiser step whose loss or gradient
+    norm is NaN/inf is skipped (no parameter, optimiser or schedule change) and counted
+    (``skipped_steps`` in the logged metrics); ``max_bad_steps`` of them in a row stop the run with
+    a checkpoint of the last good state. Default 3: one or two isolated bad batches (a degenerate
+    record, an overflow spike) are survivable, while three in a row with the weights unchanged
+    point at a diverged state or learning rate rather than at one batch. The online stage skips
+    minibatch updates alike and, as ``max_steps``, counts iterations here: an iteration whose every
+    update was skipped is bad (:mod:`alignlab.rl.trainer`).
     """
 
     learning_rate: float = Field(1e-4, gt=0, le=1.0)
@@ -129,6 +137,7 @@ class TrainSettings(StrictModel):
     gradient_checkpointing: bool = False
     eval_every: int | None = Field(None, ge=1)
     save_best: SaveBestSettings | None = None
+    max_bad_steps: int = Field(3, ge=1)
 
 
 class GenerationSettings(StrictModel):
@@ -157,6 +166,9 @@ class JudgeSettings(StrictModel):
     is read from the environment variable named by ``api_key_env`` and is never written anywhere.
     ``top_logprobs`` is how many alternatives the endpoint is asked for (an option outside them gets
     no probability mass; vLLM serves at most its ``--max-logprobs``, 20 by default).
+    An http judge waits ``timeout_s`` for each reply and retries a timeout, a dropped connection, HTTP
+    429/5xx or a non-JSON body up to ``max_retries`` times, ``retry_backoff_s * 2**k`` seconds apart
+    (a ``Retry-After`` header wins; every wait at most 30 s): see :mod:`alignlab.feedback.http`.
     A local judge runs a head that several questions share (a pair's two option orders, its
     principles) once (:mod:`alignlab.models.prefix_groups`); ``batch_size`` still counts questions.
     """
@@ -169,6 +181,7 @@ class JudgeSettings(StrictModel):
     top_logprobs: int = Field(20, ge=1, le=1000)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0)
+    retry_backoff_s: float = Field(1.0, ge=0)
     batch_size: int = Field(16, ge=1)
     max_length: int = Field(1024, ge=16)
 
@@ -319,13 +332,19 @@ class ScorerSettings(StrictModel):
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["train.batch_size=4", "model.path=x"]`` into a nested dict (values parsed as YAML)."""
+    """Turn ``["train.batch_size=4", "model.path=x"]`` into a nested dict (values parsed as YAML;
+    a value that is not valid YAML is a one-line ConfigError naming the key)."""
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"override {key.strip()}: the value {shown(raw)} is not valid YAML "
+                              f"({problem}); quote it to pass a string") from None
         set_dotted(nested, key.strip(), value)
     return nested
 
@@ -354,27 +373,94 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so an error message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}…({len(text)} characters)"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last one silently, so a misplaced second ``learning_rate:`` would win unnoticed)."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            line = first.get(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if line is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {shown(key)} (first given on line {line})",
+                key_node.start_mark)
+        first[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def yaml_error_message(source: str, exc: yaml.YAMLError) -> str:
+    """``source:LINE:COLUMN: not valid YAML: problem (context at line N)`` on one line."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        at = f" at line {context_mark.line + 1}" if context_mark is not None else ""
+        problem = f"{problem} ({context}{at})"
+    return f"{where}: not valid YAML: {' '.join(str(problem).split())}"
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text`` read from ``source``; a syntax error or a duplicate key is a one-line
+    ConfigError naming ``source`` and the line (:func:`yaml_error_message`)."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no objects built
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error_message(source, exc)) from None
+
+
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of ``path`` (a leading byte-order mark dropped); bytes that are not UTF-8 are
+    a ConfigError naming the file and the line they are on."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 text (byte {exc.start}); save the file "
+                          "as UTF-8") from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping is a ConfigError naming the file."""
+    """Read a YAML mapping; a missing file, bytes that are not UTF-8, a YAML syntax error, a
+    duplicate key or a non-mapping is a one-line ConfigError naming the file (and the line)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = parse_yaml(read_text_file(path), str(path))
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got "
+                          f"{type(data).__name__}")
     return data
 
 
 def build_config(cls: type[StrictModel], raw: dict[str, Any], source: str = "config"):
-    """Validate ``raw`` as ``cls``; on failure raise a ConfigError listing every problem."""
+    """Validate ``raw`` as ``cls``; on failure raise a ConfigError listing every problem on one
+    line (``source: invalid Cls: key: problem; key: problem``)."""
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
-        lines = [describe_error(cls, err) for err in exc.errors()]
-        raise ConfigError(f"{source}: invalid {cls.__name__}:\n  " + "\n  ".join(lines)) from None
+        problems = list(dict.fromkeys(describe_error(cls, err) for err in exc.errors()))
+        raise ConfigError(f"{source}: invalid {cls.__name__}: " + "; ".join(problems)) from None
 
 
 # ----------------------------------------------------------------------------- error messages
@@ -394,11 +480,13 @@ def describe_error(cls: type[BaseModel], err: dict[str, Any]) -> str:
         return f"{dotted}: required key is missing"
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return f"{dotted}: must be one of {expected} (got {err.get('input')!r})"
+        return f"{dotted}: must be one of {expected} (got {shown(err.get('input'))})"
+    if kind == "value_error":  # a model validator's own message already says what is wrong
+        return f"{dotted}: {err['msg'].removeprefix('Value error, ')}"
     ctx = err.get("ctx") or {}
     bounds = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in ctx.items() if k in _BOUNDS)
     accepted = f" (accepted: {bounds})" if bounds else ""
-    return f"{dotted}: {err['msg']}{accepted} (got {err.get('input')!r})"
+    return f"{dotted}: {err['msg']}{accepted} (got {shown(err.get('input'))})"
 
 
 _BOUNDS = {"gt": 0, "ge": 0, "lt": 0, "le": 0}

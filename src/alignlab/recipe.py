@@ -27,7 +27,7 @@ from typing import Any, Callable
 from alignlab.config import ConfigError, deep_merge, parse_overrides, read_yaml
 from alignlab.stages import STAGES, build_stage_config, is_done, run_stage, stage_output
 
-_REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.(output|out)\}")
+_REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\.([A-Za-z0-9_\-]+)\}")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> list[tuple[str, Any]]:
@@ -45,16 +45,17 @@ def build_recipe(raw: dict[str, Any], source: str = "recipe") -> list[tuple[str,
     if not isinstance(stages, list) or not stages:
         raise ConfigError(f"{source}: 'stages' must be a non-empty list")
     base = Path(raw.get("out", "runs/recipe"))
+    names = [str(entry["name"]) for entry in stages if isinstance(entry, dict) and "name" in entry]
     outputs: dict[str, dict[str, str]] = {}
     built = []
     for index, entry in enumerate(stages):
-        name, cfg = _build_stage(entry, index, base, outputs, source)
+        name, cfg = _build_stage(entry, index, base, outputs, source, names)
         outputs[name] = {"output": str(stage_output(cfg)), "out": str(cfg.out)}
         built.append((name, cfg))
     return built
 
 
-def _build_stage(entry, index, base, outputs, source):
+def _build_stage(entry, index, base, outputs, source, names=()):
     where = f"{source}: stages[{index}]"
     if not isinstance(entry, dict) or "stage" not in entry or "name" not in entry:
         raise ConfigError(f"{where}: each stage needs 'name' and 'stage'")
@@ -62,26 +63,37 @@ def _build_stage(entry, index, base, outputs, source):
     name = str(entry.pop("name"))
     if name in outputs:
         raise ConfigError(f"{where}: duplicate stage name {name!r}")
-    if entry["stage"] not in STAGES:
+    if not isinstance(entry["stage"], str) or entry["stage"] not in STAGES:
         raise ConfigError(f"{where}: unknown stage {entry['stage']!r}; choose one of {sorted(STAGES)}")
     entry.setdefault("out", str(base / name))
-    linked = _substitute(entry, outputs, f"{where} ({name})")
+    linked = _substitute(entry, outputs, f"{where} ({name})", names)
     return name, build_stage_config(linked, source=f"{where} ({name})")
 
 
-def _substitute(value: Any, outputs: dict[str, dict[str, str]], where: str) -> Any:
-    """Replace ${NAME.output} / ${NAME.out} in every string of a nested config."""
+def _substitute(value: Any, outputs: dict[str, dict[str, str]], where: str, names=()) -> Any:
+    """Replace ${NAME.output} / ${NAME.out} in every string of a nested config; a reference to a
+    later stage (a cycle or a forward reference), to no stage, or to another field is an error."""
     if isinstance(value, dict):
-        return {k: _substitute(v, outputs, where) for k, v in value.items()}
+        return {k: _substitute(v, outputs, where, names) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, outputs, where) for v in value]
+        return [_substitute(v, outputs, where, names) for v in value]
     if not isinstance(value, str):
         return value
 
     def replace(match: re.Match) -> str:
         stage, field = match.groups()
+        if field not in ("output", "out"):
+            raise ConfigError(f"{where}: ${{{stage}.{field}}}: a reference names 'output' (the "
+                              f"stage's model or folder) or 'out' (its run folder), not {field!r}")
         if stage not in outputs:
-            raise ConfigError(f"{where}: ${{{stage}.{field}}} names no earlier stage "
+            if where.endswith(f"({stage})"):
+                why = "a stage cannot use its own output"
+            elif stage in names:
+                why = (f"{stage!r} runs later (a stage can only use an earlier stage's output: "
+                       "reorder the stages or break the cycle)")
+            else:
+                why = f"the recipe has no stage {stage!r}"
+            raise ConfigError(f"{where}: ${{{stage}.{field}}} names no earlier stage: {why} "
                               f"(earlier stages: {sorted(outputs) or 'none'})")
         return outputs[stage][field]
 

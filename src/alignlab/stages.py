@@ -65,7 +65,10 @@ class Stage:
                 run.close()
         else:
             runner(cfg)
-        (Path(cfg.out) / DONE_MARKER).write_text("ok\n")
+        from alignlab.storage import writing
+
+        with writing(Path(cfg.out) / DONE_MARKER):  # a full disk here too: one StorageError line
+            (Path(cfg.out) / DONE_MARKER).write_text("ok\n")
         return self.output_of(cfg)
 
     def output_of(self, cfg: Any) -> Path:

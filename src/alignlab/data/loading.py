@@ -17,7 +17,8 @@ Any other combination (e.g. conversations for a preference stage) is a DataSourc
 what the data holds and what the stage needs. Nothing is dropped silently: bad rows either raise
 (``on_bad_record: error``, the first RecordError) or are counted in ``LoadedData.bad`` (``skip``);
 quirks a reader handles are counted in ``LoadedData.notes``. ``limit`` caps the number of records
-returned (after conversion); reading stops once it is reached.
+returned (after conversion); reading stops once it is reached. An empty source (no rows at all), and
+one whose every row is bad under ``skip``, is a DataSourceError: a stage never starts on no data.
 """
 
 from __future__ import annotations
@@ -143,7 +144,19 @@ def open_rows(settings: DataSettings, readers: Mapping[str, AnyReader] = READERS
         if raw.data is not None:
             fmt = detect(raw.data, raw.where.source)
             return fmt, readers[fmt], itertools.chain(held, rows)
-    raise DataSourceError(settings.path, "no readable rows, so the format cannot be detected")
+    if not held:
+        raise DataSourceError(settings.path, EMPTY_SOURCE)
+    if settings.on_bad_record == "error":
+        raise held[0].error
+    raise _all_bad(settings.path, len(held), str(held[0].error))
+
+
+EMPTY_SOURCE = "the source is empty (no records), so there is nothing to read"
+
+
+def _all_bad(path: str, count: int, first: str) -> DataSourceError:
+    return DataSourceError(path, f"no usable records: all {count} rows are bad and were skipped "
+                                 f"(on_bad_record: skip); the first: {first}")
 
 
 def read_items(settings: DataSettings, to_records: Callable[[Any, Location, Counter], list[Any]],
@@ -171,6 +184,10 @@ def read_items(settings: DataSettings, to_records: Callable[[Any, Location, Coun
         if len(out.records) > settings.offset and settings.limit is not None \
                 and len(out.records) - settings.offset >= settings.limit:
             break
+    if out.rows_read == 0:
+        raise DataSourceError(settings.path, EMPTY_SOURCE)
+    if not out.records and out.bad.skipped == out.rows_read:
+        raise _all_bad(settings.path, out.bad.skipped, out.bad.examples[0])
     out.records = out.records[settings.offset:]
     if settings.limit is not None:
         del out.records[settings.limit:]

@@ -33,12 +33,14 @@ Formats (``data.format``):
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from alignlab.config import shown
 from alignlab.data.errors import DataSourceError, Location
 from alignlab.data.pmp import vote_score
 from alignlab.data.records import (
@@ -102,7 +104,7 @@ def parse_messages(value: Any, where: Location, field: str) -> Messages:
             raise where.error(name, f"expected a message object, got {type(item).__name__}")
         role = require(item, "role", where, str, f"{name}.role")
         if role not in ROLES:
-            raise where.error(f"{name}.role", f"unknown role {role!r}; expected one of {ROLES}")
+            raise where.error(f"{name}.role", f"unknown role {shown(role)}; expected one of {ROLES}")
         out.append(Message(role, require(item, "content", where, str, f"{name}.content")))
     return tuple(out)
 
@@ -124,7 +126,11 @@ def check_prompt(messages: Messages, where: Location, field: str) -> None:
 
 
 def check_conversation(messages: Messages, where: Location, field: str) -> None:
-    """A training conversation: its first non-system turn is a user turn and it has an assistant turn."""
+    """A training conversation: its first non-system turn is a user turn, it has an assistant turn
+    and no user turn is empty (blank)."""
+    for i, message in enumerate(messages):
+        if message.role == "user" and not message.content.strip():
+            raise where.error(f"{field}[{i}].content", "the user turn is empty")
     turns = [m for m in messages if m.role != "system"]
     if not turns:
         raise where.error(field, "the conversation has no user or assistant turns")
@@ -143,7 +149,7 @@ def completion_text(value: Any, where: Location, field: str) -> str:
     if isinstance(value, dict):
         role = value.get("role", "assistant")
         if role != "assistant":
-            raise where.error(f"{field}.role", f"a completion must be an assistant turn, not {role!r}")
+            raise where.error(f"{field}.role", f"a completion must be an assistant turn, not {shown(role)}")
         return require(value, "content", where, str, f"{field}.content")
     raise where.error(field, "expected a string or an assistant message, "
                              f"got {type(value).__name__}")
@@ -205,6 +211,8 @@ def _ranked_list(row: dict[str, Any], prompt: Messages, where: Location) -> Rank
     for i, score in enumerate(scores):
         if isinstance(score, bool) or not isinstance(score, (int, float)):
             raise where.error(f"scores[{i}]", f"expected a number, got {type(score).__name__}")
+        if not math.isfinite(score):
+            raise where.error(f"scores[{i}]", f"expected a finite number, got {score}")
     return RankedList(prompt, texts, tuple(float(s) for s in scores))
 
 
@@ -322,7 +330,7 @@ def sharegpt_turn(value: Any, where: Location, field: str) -> Message:
         raise where.error(field, f"expected a {{from, value}} object, got {type(value).__name__}")
     speaker = require(value, "from", where, str, f"{field}.from")
     if speaker not in SHAREGPT_ROLES:
-        raise where.error(f"{field}.from", f"unknown speaker {speaker!r}; expected one of "
+        raise where.error(f"{field}.from", f"unknown speaker {shown(speaker)}; expected one of "
                                            f"{sorted(SHAREGPT_ROLES)}")
     return Message(SHAREGPT_ROLES[speaker], require(value, "value", where, str, f"{field}.value"))
 
@@ -426,7 +434,7 @@ def _oasst_message(node: dict[str, Any], where: Location, field: str) -> Message
     prefix = f"{field}." if field else ""
     role = require(node, "role", where, str, f"{prefix}role")
     if role not in OASST_ROLES:
-        raise where.error(f"{prefix}role", f"unknown role {role!r}; expected prompter or assistant")
+        raise where.error(f"{prefix}role", f"unknown role {shown(role)}; expected prompter or assistant")
     return Message(OASST_ROLES[role], require(node, "text", where, str, f"{prefix}text"))
 
 
@@ -441,7 +449,8 @@ def _collect_ranked(path: Messages, replies: list, where: Location, prefix: str,
             notes["oasst_unranked_reply_skipped"] += 1
             continue
         if isinstance(rank, bool) or not isinstance(rank, int):
-            raise where.error(f"{prefix}replies[{i}].rank", f"expected an integer, got {rank!r}")
+            raise where.error(f"{prefix}replies[{i}].rank",
+                              f"expected an integer, got {shown(rank)}")
         ranked.append((rank, require(child, "text", where, str, f"{prefix}replies[{i}].text")))
     if len(ranked) == 1:
         notes["oasst_single_ranked_reply"] += 1
@@ -480,7 +489,7 @@ def _vote_scored_answer(answer: Any, where: Location, field: str) -> tuple[str, 
     text = require(answer, "text", where, str, f"{field}.text")
     accepted = answer.get("accepted", answer.get("selected", False))
     if not isinstance(accepted, bool):
-        raise where.error(f"{field}.accepted", f"expected true or false, got {accepted!r}")
+        raise where.error(f"{field}.accepted", f"expected true or false, got {shown(accepted)}")
     for key in ("pm_score", "upvotes", "score"):
         if key in answer:
             votes = require(answer, key, where, int, f"{field}.{key}")

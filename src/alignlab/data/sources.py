@@ -4,7 +4,8 @@
 
 - ``*.jsonl``: one JSON object per line; locations are 1-based line numbers, blank lines are skipped.
   A line that is not valid JSON, or not an object, is yielded as a ``RawRow`` carrying a RecordError
-  (so ``on_bad_record: skip`` can count it) rather than raised from inside the generator.
+  (so ``on_bad_record: skip`` can count it) rather than raised from inside the generator. A UTF-8
+  byte-order mark at the start of the file is ignored (as in ``*.json`` files).
 - ``*.json``: a list of objects, or an object holding that list under its single key; locations are
   0-based row indices (``data[i]``).
 - ``*.parquet``: read with pyarrow batch by batch; 0-based row indices.
@@ -84,11 +85,13 @@ def iter_jsonl(path: Path) -> Iterator[RawRow]:
 def _decode_line(source: str, number: int, line: bytes) -> RawRow:
     where = Location(source, number, "line")
     try:
-        data = json.loads(line.decode("utf-8"))
+        text = line.decode("utf-8")
+        data = json.loads(text.removeprefix("\ufeff") if number == 1 else text)
     except UnicodeDecodeError:
         return RawRow(where, None, where.error(None, "not valid UTF-8 text"))
     except json.JSONDecodeError as exc:
-        return RawRow(where, None, where.error(None, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+        problem = exc.msg.removesuffix(" at")  # json says "Invalid control character at"
+        return RawRow(where, None, where.error(None, f"not valid JSON ({problem} at column {exc.colno})"))
     if not isinstance(data, dict):
         return RawRow(where, None, where.error(None, f"expected a JSON object, got {_kind(data)}"))
     return RawRow(where, data)
@@ -97,12 +100,16 @@ def _decode_line(source: str, number: int, line: bytes) -> RawRow:
 def iter_json(path: Path) -> Iterator[RawRow]:
     """Rows of a JSON file holding a list of objects (or ``{"key": [objects]}``), by 0-based index."""
     source = str(path)
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataSourceError(source, f"not valid UTF-8 text (line {line})") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataSourceError(source, f"not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    except UnicodeDecodeError:
-        raise DataSourceError(source, "not valid UTF-8 text") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))
     if not isinstance(data, list):

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from alignlab.config import DataSettings
+from alignlab.config import DataSettings, shown
 from alignlab.data.errors import Location
 from alignlab.data.loading import LoadedData, read_items
 from alignlab.data.readers import match_format_rules, parse_prompt, require
@@ -133,7 +133,7 @@ def _canonical_labels(row: dict[str, Any], steps: tuple[str, ...], where: Locati
             raise where.error(f"labels[{i}]", f"expected a number, got {type(value).__name__}")
     label_type = _optional(row, "label_type", where, str) or infer_label_type(raw)
     if label_type not in LABEL_TYPES:
-        raise where.error("label_type", f"expected one of {LABEL_TYPES}, got {label_type!r}")
+        raise where.error("label_type", f"expected one of {LABEL_TYPES}, got {shown(label_type)}")
     labels = tuple(float(v) for v in raw)
     try:
         check_step_labels(steps, labels, label_type)
@@ -180,7 +180,7 @@ def _rated(value: Any, where: Location, field: str, default: int | None = None) 
         raise where.error(f"{field}.rating", "a completion on the labelled path has no rating")
     rating = default if rating is None else rating
     if isinstance(rating, bool) or rating not in (-1, 0, 1):
-        raise where.error(f"{field}.rating", f"expected -1, 0 or 1, got {rating!r}")
+        raise where.error(f"{field}.rating", f"expected -1, 0 or 1, got {shown(rating)}")
     return text, int(rating)
 
 
@@ -196,7 +196,7 @@ def _prm800k_step(step: Any, where: Location, field: str, notes: Counter,
         if isinstance(chosen, bool) or not isinstance(chosen, int) \
                 or not 0 <= chosen < len(completions):
             raise where.error(f"{field}.chosen_completion",
-                              f"expected an index below {len(completions)}, got {chosen!r}")
+                              f"expected an index below {len(completions)}, got {shown(chosen)}")
         return _rated(completions[chosen], where, f"{field}.completions[{chosen}]"), chosen, False
     if step.get("human_completion") is not None:
         notes["prm800k_human_completion"] += 1
@@ -251,7 +251,7 @@ def read_prm800k(row: dict[str, Any], where: Location, notes: Counter,
     finish = require(label, "finish_reason", where, str, "label.finish_reason")
     if finish not in PRM800K_FINISH:
         raise where.error("label.finish_reason",
-                          f"expected one of {PRM800K_FINISH}, got {finish!r}")
+                          f"expected one of {PRM800K_FINISH}, got {shown(finish)}")
     if finish in ("bad_problem", "give_up"):
         notes[f"prm800k_{finish}_skipped"] += 1
         return []
@@ -365,7 +365,7 @@ def read_trl_stepwise(row: dict[str, Any], where: Location, notes: Counter) -> l
         raise where.error("labels", f"{len(raw)} labels for {len(steps)} completions (steps)")
     for i, value in enumerate(raw):
         if not isinstance(value, (bool, int, float)) or value not in (0, 1):
-            raise where.error(f"labels[{i}]", f"expected true or false, got {value!r}")
+            raise where.error(f"labels[{i}]", f"expected true or false, got {shown(value)}")
     return [StepSolution(prompt, steps, tuple(float(v) for v in raw), "binary",
                          extract_answer(steps[-1]))]
 

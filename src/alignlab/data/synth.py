@@ -63,6 +63,7 @@ from alignlab.data.records import Conversation, Message, record_to_dict
 from alignlab.data.rouge import RougePool
 from alignlab.data.sources import iter_rows
 from alignlab.feedback.jobs import JsonlJob, append_jsonl, write_jsonl_atomic
+from alignlab.runs import write_atomic
 
 
 class SynthConfig(StageConfig):
@@ -481,7 +482,7 @@ def check_settings(folder: Path, cfg: SynthConfig, has_rows: bool) -> None:
         if changed:
             raise ConfigError(f"{folder} holds a synth run made with other settings (changed: "
                               f"{', '.join(changed)}); use a new 'out' or the same settings")
-    target.write_text(json.dumps(current, indent=2))
+    write_atomic(target, json.dumps(current, indent=2))  # a torn file would block the resume
 
 
 # ----------------------------------------------------------------------------- self-instruct run

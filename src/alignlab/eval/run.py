@@ -40,7 +40,7 @@ from alignlab.eval.metrics import gold_metrics, length_metrics
 from alignlab.eval.stats import Stat, mean_se
 from alignlab.eval.winrate import RewardJudge, proxy_reward, rm_lengths, win_rate
 from alignlab.generation.base import Sample
-from alignlab.runs import RunFolder
+from alignlab.runs import RunFolder, write_atomic
 
 
 class PairEvalSettings(StrictModel):
@@ -393,8 +393,7 @@ def write_outputs(run: RunFolder, result: PolicyEval, cfg: EvalConfig) -> None:
     """``samples.jsonl``, ``metrics.json``, a metrics.jsonl row and a log line per metric."""
     import json
 
-    with open(run.path / "samples.jsonl", "w") as fh:
-        fh.writelines(json.dumps(row) + "\n" for row in result.rows)
+    write_atomic(run.path / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in result.rows))
     run.write_json("metrics.json", result.metrics_dict())
     flat: dict[str, Any] = {}
     for name, stat in result.metrics.items():
@@ -430,9 +429,9 @@ def run_pair_eval(cfg: EvalConfig, run: RunFolder) -> dict[str, Any]:
                            [len(p.rejected.split()) for p in pairs])
     metrics.update({"scorer": scorer, "source": loaded.source})
     run.write_json("pairs.json", metrics)
-    with open(run.path / "pair_scores.jsonl", "w") as fh:
-        fh.writelines(json.dumps({"chosen_score": c, "rejected_score": r, "label": p.label}) + "\n"
-                      for c, r, p in zip(chosen, rejected, pairs))
+    write_atomic(run.path / "pair_scores.jsonl", "".join(
+        json.dumps({"chosen_score": c, "rejected_score": r, "label": p.label}) + "\n"
+        for c, r, p in zip(chosen, rejected, pairs)))
     kind = "reward model" if scorer.startswith("reward model") else "implicit reward"
     reliability_plot(metrics["reliability"], run.path / "reliability.png",
                      f"{kind}, {metrics['pairs']} pairs: ECE {metrics['ece']:.3f}")

@@ -134,12 +134,12 @@ def load_constitution(spec: str) -> Constitution:
 
 
 def _from_yaml(path: Path) -> Constitution:
-    import yaml
+    from alignlab.config import ConfigError, parse_yaml, read_text_file
 
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConstitutionError(f"{path}: not valid YAML: {exc}") from None
+    try:  # one line naming the file and line: bad bytes, YAML syntax, a key given twice
+        raw = parse_yaml(read_text_file(path), str(path))
+    except ConfigError as exc:
+        raise ConstitutionError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ConstitutionError(f"{path}: expected a mapping at the top level")
     known = {"name", "principles", "comparison", "rating", "examples", "comparison_examples"}
@@ -233,9 +233,11 @@ _MARKERS = re.compile(r"\n\n(Human|Assistant|CritiqueRequest|Critique|RevisionRe
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise ConstitutionError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise ConstitutionError(f"{path}: not valid UTF-8 text (byte {exc.start})") from None
 
 
 def _strip_marker(text: str, marker: str) -> str:

@@ -24,9 +24,19 @@ continuation independent of how the texts are batched (resumed runs reproduce it
 
 API key. When ``api_key_env`` is set, the key is read from that environment variable at each
 request and sent as ``Authorization: Bearer ...``; it is never stored on the judge, logged, or put in
-an error message (any echo of it in a server reply is masked). Transport errors, HTTP 429 and 5xx are
-retried ``max_retries`` times with exponential backoff (a ``Retry-After`` header is honoured, up to
-30 s); other failures raise :class:`JudgeError` at once.
+an error message (any echo of it in a server reply is masked).
+
+Faults. Transient failures are retried ``max_retries`` times (default 3): transport errors (refused or
+dropped connection, a reply cut short), a request that gets no answer within ``timeout_s`` (default
+60 s), HTTP 429 and 500/502/503/504, and a 200 reply whose body is not JSON (a proxy's error page, a
+truncated body). The wait before retry ``k`` (0-based) is ``retry_backoff_s * 2**k`` (default 1 s,
+so 1 + 2 + 4 s), at most 30 s; a numeric ``Retry-After`` header of a 429/503 replaces it (also capped
+at 30 s). A reply that is well-formed JSON but lacks what was asked for (no ``choices``, too few, no
+``logprobs.top_logprobs``) and any other HTTP status (400, 401, 404, ...) fail at once: repeating
+the same request would get the same answer. Either way :class:`JudgeError` says, in one line, which
+endpoint failed, after how many attempts and why (never the API key); its ``texts`` attribute holds
+the ``[start, stop)`` positions, within the call, of the texts whose request failed, which callers
+turn into input indices (the ``label`` stage names the pairs and keeps the labels already written).
 """
 
 from __future__ import annotations
@@ -41,17 +51,28 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from alignlab.config import JudgeSettings
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_S = 30.0
+MAX_BACKOFF_S = 30.0
 TRANSPORT_ERRORS = (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError)
 
 
 class JudgeError(ValueError):
-    """A judge request that failed for good; the message names the URL and the HTTP status."""
+    """A judge request that failed for good; the message names the URL and the HTTP status.
+
+    ``texts``: ``(start, stop)``, the positions within the judge call of the texts whose request
+    failed (None when the failure is not tied to a request)."""
+
+    texts: tuple[int, int] | None = None
+
+
+class _Transient(Exception):
+    """A reply worth retrying that is not an HTTP error status (e.g. a body that is not JSON)."""
 
 
 def option_masses(top: dict[str, float], options: Sequence[str]) -> list[float]:
@@ -96,15 +117,18 @@ class HTTPJudge:
     """The :class:`alignlab.feedback.judges.Judge` interface over an OpenAI-compatible endpoint.
 
     See the module docstring for how option probabilities are read and where that departs from a
-    local forward pass. ``backoff_s`` is the first retry delay (doubled on each retry).
+    local forward pass. ``backoff_s`` is the first retry delay (doubled on each retry, at most
+    ``MAX_BACKOFF_S``); by default ``settings.retry_backoff_s``. ``retries`` counts the retries made.
     """
 
-    def __init__(self, settings: JudgeSettings, backoff_s: float = 1.0):
+    def __init__(self, settings: JudgeSettings, backoff_s: float | None = None):
         if settings.kind != "http" or not settings.url:
             raise JudgeError("HTTPJudge needs judge settings with kind 'http' and a 'url'")
         self.settings = settings
         self.endpoint = settings.url.rstrip("/") + "/completions"
-        self.backoff_s = backoff_s
+        self.backoff_s = settings.retry_backoff_s if backoff_s is None else backoff_s
+        self.retries = 0
+        self._sleep = time.sleep  # replaceable in tests
         self.name = f"http:{settings.model_name or settings.url}"
         self.tokenizer = None  # no local tokenizer: judge texts are rendered in the HH format
         self.missing_options = 0
@@ -126,11 +150,13 @@ class HTTPJudge:
             raise JudgeError("option_probs needs at least one option")
         result: list[list[float]] = []
         self.last_mass = []
-        for batch in self._batches(texts):
+        for start, batch in self._batches(texts):
             payload = {"prompt": list(batch), "max_tokens": 1, "temperature": 0,
                        "logprobs": self.settings.top_logprobs}
-            for choice in self._choices(self._post(payload), len(batch)):
-                top = self._top_logprobs(choice)
+            with _texts_at(start, len(batch)):
+                choices = self._choices(self._post(payload), len(batch))
+                tops = [self._top_logprobs(choice) for choice in choices]
+            for top in tops:
                 probs = option_distribution(top, options)
                 self.last_mass.append(option_mass(top, options))
                 if probs is None:
@@ -152,34 +178,39 @@ class HTTPJudge:
             raise JudgeError(f"temperature must be >= 0, got {temperature}")
         if temperature == 0:
             out: list[str] = []
-            for batch in self._batches(texts):
+            for start, batch in self._batches(texts):
                 payload = {"prompt": list(batch), "max_tokens": max_new_tokens, "temperature": 0}
-                out.extend(str(c.get("text", "")) for c in self._choices(self._post(payload), len(batch)))
+                with _texts_at(start, len(batch)):
+                    choices = self._choices(self._post(payload), len(batch))
+                out.extend(str(c.get("text", "")) for c in choices)
             return out
         return self._sampled(list(texts), max_new_tokens, temperature, seed)
 
     # ------------------------------------------------------------------ requests
 
     def _batches(self, texts: Sequence[str]):
+        """``(start, texts[start:start + batch_size])`` for each request."""
         size = self.settings.batch_size
         for start in range(0, len(texts), size):
-            yield texts[start:start + size]
+            yield start, texts[start:start + size]
 
     def _sampled(self, texts: list[str], max_new_tokens: int, temperature: float,
                  seed: int) -> list[str]:
         """One concurrent request per text, each with its own derived seed."""
-        def one(text: str) -> str:
+        def one(position: int) -> str:
+            text = texts[position]
             payload = {"prompt": [text], "max_tokens": max_new_tokens, "temperature": temperature,
                        "seed": derived_seed(seed, text)}
-            return str(self._choices(self._post(payload), 1)[0].get("text", ""))
+            with _texts_at(position, 1):
+                return str(self._choices(self._post(payload), 1)[0].get("text", ""))
 
         if not texts:
             return []
         with ThreadPoolExecutor(max_workers=min(self.settings.batch_size, len(texts))) as pool:
-            return list(pool.map(one, texts))
+            return list(pool.map(one, range(len(texts))))
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST ``payload`` (plus ``model``) with retries; the decoded JSON reply."""
+        """POST ``payload`` (plus ``model``) with bounded retries (module docstring); the JSON reply."""
         if self.settings.model_name:
             payload = {"model": self.settings.model_name, **payload}
         body = json.dumps(payload).encode("utf-8")
@@ -192,14 +223,27 @@ class HTTPJudge:
                 detail = self._scrub(_error_detail(exc), key)
                 if exc.code not in RETRY_STATUS or attempt >= self.settings.max_retries:
                     raise JudgeError(self._failure(f"HTTP {exc.code}", detail, attempt)) from None
-                delay = _retry_after(exc) or self.backoff_s * 2**attempt
+                delay = _retry_after(exc)
+            except _Transient as exc:
+                if attempt >= self.settings.max_retries:
+                    raise JudgeError(self._failure("bad reply", self._scrub(str(exc), key),
+                                                   attempt)) from None
+                delay = None
             except TRANSPORT_ERRORS as exc:
                 if attempt >= self.settings.max_retries:
                     reason = getattr(exc, "reason", exc)
-                    raise JudgeError(self._failure("no response", self._scrub(str(reason), key),
-                                                   attempt)) from None
-                delay = self.backoff_s * 2**attempt
-            time.sleep(delay)
+                    if _is_timeout(exc):
+                        status = "timed out"
+                        detail = f"no reply within timeout_s = {self.settings.timeout_s:g} s"
+                    else:
+                        status = "no response"
+                        detail = self._scrub(str(reason) or type(reason).__name__, key)
+                    raise JudgeError(self._failure(status, detail, attempt)) from None
+                delay = None
+            if delay is None:
+                delay = min(self.backoff_s * 2**attempt, MAX_BACKOFF_S)
+            self.retries += 1
+            self._sleep(delay)
             attempt += 1
 
     def _send(self, body: bytes, key: str | None) -> dict[str, Any]:
@@ -212,7 +256,7 @@ class HTTPJudge:
         try:
             reply = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise JudgeError(f"judge endpoint {self.endpoint} returned a reply that is not JSON: "
+            raise _Transient(f"the reply is not JSON: "
                              f"{self._scrub(raw[:200].decode('utf-8', 'replace'), key)!r}") from None
         if not isinstance(reply, dict):
             raise JudgeError(f"judge endpoint {self.endpoint} returned {type(reply).__name__}, "
@@ -232,13 +276,14 @@ class HTTPJudge:
 
     @staticmethod
     def _scrub(text: str, key: str | None) -> str:
-        return text.replace(key, "***") if key else text
+        return redact(text, key)
 
     def _failure(self, status: str, detail: str, attempt: int) -> str:
         tries = f" after {attempt + 1} attempts" if attempt else ""
         hint = ""
         if "404" in status and not self.settings.url.rstrip("/").endswith("/v1"):
             hint = " (the url usually ends with /v1, e.g. http://localhost:8000/v1)"
+        detail = " ".join(detail.split())  # one line, whatever the server put in its message
         return f"judge request to {self.endpoint} failed{tries}: {status}: {detail}{hint}"
 
     # ------------------------------------------------------------------ reply parsing
@@ -290,3 +335,52 @@ def _retry_after(exc: urllib.error.HTTPError) -> float | None:
         return min(max(float(value), 0.0), MAX_RETRY_AFTER_S) if value else None
     except ValueError:
         return None
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether a transport error is the client's ``timeout_s`` running out."""
+    reason = getattr(exc, "reason", exc)
+    return isinstance(exc, TimeoutError) or isinstance(reason, TimeoutError) or \
+        "timed out" in str(reason).lower()
+
+
+@contextmanager
+def _texts_at(start: int, count: int):
+    """Tag a :class:`JudgeError` raised inside with the positions ``[start, start + count)`` of
+    the texts whose request failed (the first tag wins)."""
+    try:
+        yield
+    except JudgeError as exc:
+        if exc.texts is None:
+            exc.texts = (start, start + count)
+        raise
+
+
+REDACT_WINDOW = 6
+
+
+def redact(text: str, secret: str | None, window: int = REDACT_WINDOW) -> str:
+    """``text`` with the secret and every piece of it masked as ``***``.
+
+    Servers echo keys partly ("Incorrect API key provided: sk-abc123***...xyz"), so masking only the
+    whole key is not enough: every run of ``text`` covered by ``window``-character slices of the
+    secret (the whole secret when it is shorter) becomes one ``***``. No ``window`` consecutive
+    characters of the secret survive."""
+    if not secret or not text:
+        return text
+    size = min(window, len(secret))
+    pieces = {secret[i:i + size] for i in range(len(secret) - size + 1)}
+    covered = [False] * len(text)
+    for i in range(len(text) - size + 1):
+        if text[i:i + size] in pieces:
+            covered[i:i + size] = [True] * size
+    out, i = [], 0
+    while i < len(text):
+        if covered[i]:
+            while i < len(text) and covered[i]:
+                i += 1
+            out.append("***")
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)

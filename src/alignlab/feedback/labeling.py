@@ -37,7 +37,9 @@ from alignlab.feedback.constitution import Constitution
 from alignlab.feedback.prompts import (
     ANSWER_PREFIX,
     COT_PREFIX,
+    DEFAULT_GUARD,
     OPTIONS,
+    PromptGuard,
     comparison_messages,
     cot_answer_prefix,
     render_judge_text,
@@ -56,6 +58,10 @@ class LabelConfig(StageConfig):
     (``cot_generation``), then the option probabilities are read; ``cot_clamp`` clamps them to a band
     (the paper uses 0.4-0.6). With ``policy`` set, ``data`` holds prompts and two responses per prompt
     are sampled from ``policy`` before labelling. The job is resumable: rerun the same command.
+    Prompt-injection guards (:class:`alignlab.feedback.prompts.PromptGuard`): ``escape_markers``
+    (default on) brackets role markers and breaks special-token strings inside the replies;
+    ``mask_option_letters`` (default on) writes ``(A)``/``(B)`` inside them as ``[A]``/``[B]``;
+    ``delimit_replies`` (default off) quotes each reply between ``<reply>`` tags.
     """
 
     stage: Literal["label"] = "label"
@@ -73,6 +79,9 @@ class LabelConfig(StageConfig):
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(num_samples=2))
     flush_every: int = Field(16, ge=1)
     seed: int = 0
+    escape_markers: bool = True
+    mask_option_letters: bool = True
+    delimit_replies: bool = False
     out: str
 
     @model_validator(mode="after")
@@ -122,8 +131,8 @@ class PairLabeler:
 
     def __init__(self, judge, constitution: Constitution, both_orders: bool = True, few_shot: int = 0,
                  cot: bool = False, cot_clamp: tuple[float, float] | None = (0.4, 0.6),
-                 cot_generation=None):
-        self.judge, self.both_orders, self.cot = judge, both_orders, cot
+                 cot_generation=None, guard: PromptGuard = DEFAULT_GUARD):
+        self.judge, self.both_orders, self.cot, self.guard = judge, both_orders, cot, guard
         self.examples = constitution.comparison_examples[:few_shot]
         self.cot_clamp = cot_clamp if cot else None
         self.cot_generation = cot_generation
@@ -135,11 +144,13 @@ class PairLabeler:
         queries = [(r, principle, order) for r in requests for principle in r.principles
                    for order in ((0, 1) if self.both_orders else (0,))]
         messages = [comparison_messages(r.prompt, *((r.chosen, r.rejected) if order == 0 else
-                                                    (r.rejected, r.chosen)), principle, self.examples)
+                                                    (r.rejected, r.chosen)), principle, self.examples,
+                                        self.guard)
                     for r, principle, order in queries]
         prefixes, rationales = self._answer_prefixes(messages)
         tokenizer = getattr(self.judge, "tokenizer", None)
-        texts = [render_judge_text(tokenizer, m, p) for m, p in zip(messages, prefixes)]
+        texts = [render_judge_text(tokenizer, m, p, self.guard.escape_markers)
+                 for m, p in zip(messages, prefixes)]
         probs = self.judge.option_probs(texts, OPTIONS)
         mass = getattr(self.judge, "last_mass", None) or [None] * len(texts)
         p_chosen = [self._clamp(row[order]) for row, (_, _, order) in zip(probs, queries)]
@@ -150,7 +161,8 @@ class PairLabeler:
             return [ANSWER_PREFIX] * len(messages), []
         tokenizer = getattr(self.judge, "tokenizer", None)
         g = self.cot_generation
-        starts = [render_judge_text(tokenizer, m, COT_PREFIX) for m in messages]
+        starts = [render_judge_text(tokenizer, m, COT_PREFIX, self.guard.escape_markers)
+                  for m in messages]
         rationales = [clean_rationale(t) for t in
                       self.judge.continue_texts(starts, g.max_new_tokens, g.temperature, g.seed)]
         return [cot_answer_prefix(r) for r in rationales], rationales
@@ -288,32 +300,101 @@ def load_pairs(cfg, run) -> list[PreferencePair]:
     return list(loaded.records)
 
 
+STAT_FIELDS = ("index", "p_chosen_first", "p_chosen_second", "label", "data_label", "option_mass")
+
+
+class LabelJob:
+    """``labels.jsonl`` as a resumable job (:class:`alignlab.feedback.jobs.JsonlJob`) that keeps only
+    the indices of the rows it holds, not the rows: a long job's memory does not grow with the
+    labels it has written (30,000 gym rows are 70 MiB as Python dicts; see
+    benchmarks/reliability/load.md). :meth:`stat_rows` reads back what :func:`label_stats` needs."""
+
+    def __init__(self, path):
+        from alignlab.feedback.jobs import JsonlJob
+
+        self.job = JsonlJob(path)  # recovers the file (cuts an unfinished chunk) and reads it once
+        self.path, self.dropped_torn_line = self.job.path, self.job.dropped_torn_line
+        self.done = self.job.done_indices()
+        self.job.rows = []
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+    def done_indices(self) -> set[int]:
+        """The ``index`` of every row written."""
+        return set(self.done)
+
+    def append(self, rows) -> None:
+        """Write ``rows`` as one durable chunk (:meth:`JsonlJob.append`), keeping only their indices."""
+        rows = list(rows)
+        self.job.append(rows)
+        self.job.rows.clear()
+        self.done.update(int(r["index"]) for r in rows)
+
+    def stat_rows(self) -> list[dict]:
+        """Every row in input order, with only the fields of :data:`STAT_FIELDS`."""
+        import json
+
+        rows = []
+        with open(self.path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    row = json.loads(line)
+                    rows.append({k: row[k] for k in STAT_FIELDS if k in row})
+        return sorted(rows, key=lambda r: r["index"])
+
+
+def _label_chunk(labeler: PairLabeler, chunk: Sequence[LabelRequest], cfg, job) -> list[dict]:
+    """``labeler.label(chunk)``; a judge that fails for good (an HTTP endpoint after its retries)
+    becomes one :class:`JudgeError` line naming the input pairs it was labelling and saying that
+    the rows already in ``labels.jsonl`` are kept (a rerun labels only the rest)."""
+    from alignlab.feedback.http import JudgeError
+
+    try:
+        return labeler.label(chunk)
+    except JudgeError as exc:
+        per_pair = cfg.principles_per_pair * (2 if cfg.both_orders else 1)
+        failed = [r.index for r in chunk]
+        if exc.texts is not None and not hasattr(labeler.judge, "pair_probs"):
+            failed = failed[exc.texts[0] // per_pair:-(-exc.texts[1] // per_pair)] or failed
+        if failed == list(range(failed[0], failed[-1] + 1)):
+            which = f"{failed[0]}" if len(failed) == 1 else f"{failed[0]}-{failed[-1]}"
+        else:
+            which = ", ".join(map(str, failed))
+        error = JudgeError(f"{exc} (labelling input pair {which} of {cfg.data.path}, 0-based; "
+                           f"the {len(job)} pairs labelled so far are kept in {job.path}: "
+                           f"rerun the same command to label the rest)")
+        error.texts = exc.texts
+        raise error from None
+
+
 def run_label(cfg, run) -> None:
     """Label every pair (resuming a killed job), then write ``label_stats.json``."""
     from alignlab.feedback.constitution import load_constitution
-    from alignlab.feedback.jobs import JsonlJob
     from alignlab.feedback.judges import build_judge
 
     constitution = load_constitution(cfg.constitution)
     requests = make_requests(load_pairs(cfg, run), constitution, cfg.principles_per_pair, cfg.seed)
-    job = JsonlJob(run.path / "labels.jsonl")
+    job = LabelJob(run.path / "labels.jsonl")
     done = job.done_indices()
     todo = [r for r in requests if r.index not in done]
     run.log(f"{len(requests)} pairs; {len(done)} already labelled; {len(todo)} to label")
     seconds, labeler = 0.0, None
     if todo:
         labeler = PairLabeler(build_judge(cfg.judge), constitution, cfg.both_orders, cfg.few_shot,
-                              cfg.cot, cfg.cot_clamp, cfg.cot_generation)
+                              cfg.cot, cfg.cot_clamp, cfg.cot_generation,
+                              PromptGuard(cfg.escape_markers, cfg.delimit_replies,
+                                          cfg.mask_option_letters))
         with progress(len(todo), "labelling") as bar:
             for start in range(0, len(todo), cfg.flush_every):
                 t0 = time.perf_counter()
                 chunk = todo[start:start + cfg.flush_every]
-                job.append(labeler.label(chunk))
+                job.append(_label_chunk(labeler, chunk, cfg, job))
                 seconds += time.perf_counter() - t0
-                run.log_metrics({"labelled": len(job.rows), "pairs_per_s": round(
+                run.log_metrics({"labelled": len(job), "pairs_per_s": round(
                     (start + len(chunk)) / max(seconds, 1e-9), 3)})
                 bar.advance(len(chunk))
-    stats = label_stats(job.sorted_rows())
+    stats = label_stats(job.stat_rows())
     stats["pairs_per_s_this_run"] = round(len(todo) / seconds, 3) if seconds else None
     if labeler is not None and hasattr(labeler.judge, "truncated"):
         stats["truncated_queries_this_run"] = labeler.judge.truncated

@@ -22,6 +22,12 @@ and the model's ``generation_config``); the returned text skips special tokens. 
 ``{"error": {"message", "type", "code"}}`` JSON bodies. Not for production: requests are served one
 at a time under a lock.
 
+Faults. A :class:`FaultPlan` (``serve_completions(..., faults=plan)``; ``--faults 500,timeout,-``
+and ``--then-fault 503`` by hand) makes chosen requests fail as real endpoints do: 5xx and 429
+statuses (with ``Retry-After``), a reply later than the client's timeout, a dropped connection, a
+truncated JSON body, a reply without ``logprobs``; the fault tests (``tests/test_faults.py``) drive
+the ``http`` judge and the ``label`` stage through them.
+
 Run it by hand: ``python -m alignlab.feedback.testing_server MODEL_DIR --port 8000``
 (``--api-key-env VAR`` to require the key held in ``$VAR``); the judge url is then
 ``http://127.0.0.1:8000/v1``.
@@ -36,6 +42,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -195,11 +202,87 @@ def completion_reply(completer: LocalCompleter, request: dict[str, Any],
                       "total_tokens": prompt_tokens + completion_tokens}}
 
 
+# ----------------------------------------------------------------------------- scripted faults
+
+
+class FaultPlan:
+    """Scripted failures of ``POST /v1/completions``, for fault-injection tests and drills.
+
+    Each POST takes the next entry of ``script`` (``None`` = serve it normally); when the script is
+    used up, every further POST gets ``then`` (``None``: served normally). Faults:
+
+    * ``"500"``, ``"502"``, ``"503"``, ``"504"``, ``"429"``: that status with an OpenAI-style JSON
+      error body; 429 and 503 carry ``Retry-After: <retry_after>`` when ``retry_after`` is set;
+    * ``"timeout"``: the server sleeps ``delay_s`` before answering (a client with a shorter
+      timeout gives up; the late answer goes nowhere);
+    * ``"drop"``: the connection is closed without any reply;
+    * ``"malformed"``: status 200 with a truncated JSON body;
+    * ``"no_logprobs"``: status 200, well-formed, one choice per prompt but no ``logprobs``.
+
+    ``requests`` counts every POST (faulted or not) and ``injected`` lists the faults served, in
+    order. Thread-safe; change the plan between calls with :meth:`reset`.
+    """
+
+    KINDS = frozenset({"500", "502", "503", "504", "429", "timeout", "drop", "malformed",
+                       "no_logprobs"})
+
+    def __init__(self, script: Sequence[str | None] = (), then: str | None = None,
+                 retry_after: float | None = None, delay_s: float = 2.0):
+        self.lock = threading.Lock()
+        self.retry_after, self.delay_s = retry_after, delay_s
+        self.requests, self.injected = 0, []
+        self.reset(script, then)
+
+    def reset(self, script: Sequence[str | None] = (), then: str | None = None) -> None:
+        """A new script and fallback (the counters are kept)."""
+        unknown = sorted({f for f in [*script, then] if f is not None} - self.KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault(s) {unknown}; known: {sorted(self.KINDS)}")
+        with self.lock:
+            self.script, self.then = list(script), then
+
+    def take(self) -> str | None:
+        """The fault for the next POST (None: serve it)."""
+        with self.lock:
+            self.requests += 1
+            fault = self.script.pop(0) if self.script else self.then
+            if fault is not None:
+                self.injected.append(fault)
+            return fault
+
+
+def _inject(handler: BaseHTTPRequestHandler, fault: str, faults: FaultPlan) -> None:
+    """Answer one POST with ``fault`` (see :class:`FaultPlan`)."""
+    if fault == "timeout":
+        time.sleep(faults.delay_s)
+        return handler._serve(lambda: handler._completions())
+    body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+    if fault == "drop":
+        handler.close_connection = True
+        return None
+    if fault == "malformed":
+        return handler._send_raw(200, b'{"id": "cmpl-x", "choices": [{"index": 0, "text": "')
+    if fault == "no_logprobs":
+        try:
+            prompt = json.loads(body.decode("utf-8")).get("prompt", [])
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            prompt = []
+        count = 1 if isinstance(prompt, str) else max(len(prompt), 1)
+        return handler._reply(200, {"object": "text_completion", "choices": [
+            {"index": i, "text": "", "finish_reason": "length"} for i in range(count)]})
+    status = int(fault)
+    headers = {}
+    if status in (429, 503) and faults.retry_after is not None:
+        headers["Retry-After"] = f"{faults.retry_after:g}"
+    return handler._reply(status, {"error": {"message": f"injected fault {status}",
+                                             "type": "server_error", "code": status}}, headers)
+
+
 # ----------------------------------------------------------------------------- HTTP
 
 
 def _handler_class(completer: LocalCompleter, model_name: str, api_key: str | None,
-                   max_logprobs: int = MAX_LOGPROBS):
+                   max_logprobs: int = MAX_LOGPROBS, faults: FaultPlan | None = None):
     class CompletionsHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -210,7 +293,14 @@ def _handler_class(completer: LocalCompleter, model_name: str, api_key: str | No
             self._serve(lambda: self._models())
 
         def do_POST(self) -> None:
-            self._serve(lambda: self._completions())
+            fault = faults.take() if faults is not None else None
+            try:
+                if fault is None:
+                    self._serve(lambda: self._completions())
+                else:
+                    _inject(self, fault, faults)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout fault)
+                self.close_connection = True
 
         def _serve(self, action) -> None:
             try:
@@ -249,9 +339,14 @@ def _handler_class(completer: LocalCompleter, model_name: str, api_key: str | No
                 raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
             return completion_reply(completer, parse_request(body, model_name, max_logprobs), model_name)
 
-        def _reply(self, status: int, obj: dict[str, Any]) -> None:
-            data = json.dumps(obj).encode("utf-8")
+        def _reply(self, status: int, obj: dict[str, Any],
+                   headers: dict[str, str] | None = None) -> None:
+            self._send_raw(status, json.dumps(obj).encode("utf-8"), headers)
+
+        def _send_raw(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             if status != 200:  # an unread request body must not be parsed as the next request
@@ -265,14 +360,16 @@ def _handler_class(completer: LocalCompleter, model_name: str, api_key: str | No
 
 def serve_completions(model, tokenizer, host: str = "127.0.0.1", port: int = 0,
                       api_key: str | None = None, model_name: str = "alignlab-local",
-                      max_logprobs: int = MAX_LOGPROBS):
+                      max_logprobs: int = MAX_LOGPROBS, faults: FaultPlan | None = None):
     """Start the server in a daemon thread; ``(server, base_url)`` with ``base_url`` ending in /v1.
 
     ``port=0`` picks a free port. Stop it with ``server.shutdown(); server.server_close()``.
     ``max_logprobs`` caps the ``logprobs`` a request may ask for (vLLM's ``--max-logprobs``).
+    ``faults``: a :class:`FaultPlan` that makes chosen requests fail (fault-injection tests).
     """
     model.eval()
-    handler = _handler_class(LocalCompleter(model, tokenizer), model_name, api_key, max_logprobs)
+    handler = _handler_class(LocalCompleter(model, tokenizer), model_name, api_key, max_logprobs,
+                             faults)
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="alignlab-completions", daemon=True)
@@ -292,7 +389,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", default=None, help="name clients send as 'model'")
     parser.add_argument("--api-key-env", default=None, help="require the key held in this variable")
+    parser.add_argument("--faults", default="", help="comma-separated faults for the first POSTs "
+                        f"(drills; '-' = serve normally): {', '.join(sorted(FaultPlan.KINDS))}")
+    parser.add_argument("--then-fault", default=None, help="fault for every POST after --faults")
+    parser.add_argument("--retry-after", type=float, default=None, help="Retry-After of 429/503 faults")
     args = parser.parse_args(argv)
+    faults = None
+    if args.faults or args.then_fault:
+        script = [None if f.strip() in ("", "-") else f.strip() for f in args.faults.split(",")] \
+            if args.faults else []
+        try:
+            faults = FaultPlan(script, args.then_fault, args.retry_after)
+        except ValueError as exc:
+            parser.error(str(exc))
     api_key = None
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
@@ -300,7 +409,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"environment variable {args.api_key_env!r} is not set")
     model, tokenizer = load_causal_lm(ModelSettings(path=args.model), for_training=False)
     name = args.model_name or os.path.basename(os.path.normpath(args.model))
-    server, url = serve_completions(model, tokenizer, args.host, args.port, api_key, name)
+    server, url = serve_completions(model, tokenizer, args.host, args.port, api_key, name,
+                                    faults=faults)
     print(f"serving {name!r} at {url} (Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()

@@ -40,7 +40,7 @@ from alignlab.gym.corpus import task_for_annotator
 from alignlab.gym.gold import score_task
 from alignlab.gym.loader import load_gym
 from alignlab.gym.world import parse_prompt
-from alignlab.runs import RunFolder
+from alignlab.runs import RunFolder, write_atomic
 
 
 class AnnotateConfig(StageConfig):
@@ -67,7 +67,17 @@ def read_candidates(path: str) -> list[tuple[list[dict], str, str]]:
         if not isinstance(samples, list) or len(samples) < 2:
             raise raw.where.error("samples", "need at least two samples per prompt "
                                   "(generation.num_samples >= 2 in the sample stage)")
-        out.append((raw.data["prompt"], samples[0]["text"].strip(), samples[1]["text"].strip()))
+        prompt = raw.data.get("prompt")
+        if not isinstance(prompt, list):
+            raise raw.where.error("prompt", "required field is missing (or not a message list)")
+        texts = []
+        for i, sample in enumerate(samples[:2]):
+            if not isinstance(sample, dict) or not isinstance(sample.get("text"), str):
+                raise raw.where.error(f"samples[{i}]" if not isinstance(sample, dict)
+                                      else f"samples[{i}].text",
+                                      "expected a sample object with a 'text' string")
+            texts.append(sample["text"].strip())
+        out.append((prompt, texts[0], texts[1]))
     return out
 
 
@@ -122,10 +132,10 @@ def run_annotate(cfg: AnnotateConfig, run: RunFolder) -> Path:
     """Write comparisons.jsonl, all.jsonl (earlier rounds + this one) and annotate.json."""
     rows, counts = annotate(cfg)
     lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
-    (run.path / "comparisons.jsonl").write_text("".join(lines))
+    write_atomic(run.path / "comparisons.jsonl", "".join(lines))
     earlier = [json.dumps(record_to_dict(r), ensure_ascii=False) + "\n"
                for source in cfg.include for r in load_records(source, "pair").records]
-    (run.path / "all.jsonl").write_text("".join(earlier) + "".join(lines))
+    write_atomic(run.path / "all.jsonl", "".join(earlier) + "".join(lines))
     counts["all"] = len(earlier) + len(lines)
     run.write_json("annotate.json", counts)
     for kind in ("helpful", "harmless"):

@@ -101,6 +101,7 @@ def _pretrain_loop(model, token_docs: Sequence[list[int]], spec: BaseModelSpec, 
                             weight_decay=spec.weight_decay)
     model.train()
     start, step, tokens, rows, cursor, loss_ema = time.time(), 0, 0, None, 0, None
+    bad = 0  # consecutive non-finite steps: skipped (no update), three in a row stop pretraining
     while True:
         elapsed = time.time() - start
         progress = step / max_steps if max_steps else elapsed / seconds
@@ -115,7 +116,15 @@ def _pretrain_loop(model, token_docs: Sequence[list[int]], spec: BaseModelSpec, 
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not (math.isfinite(loss.item()) and math.isfinite(float(norm))):
+            bad += 1
+            opt.zero_grad(set_to_none=True)
+            if bad >= 3:
+                raise RuntimeError(f"gym pretraining: {bad} consecutive non-finite steps (step "
+                                   f"{step + 1}: loss {loss.item()}, gradient norm {float(norm)})")
+            continue
+        bad = 0
         opt.step()
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
         step, tokens = step + 1, tokens + batch.numel()

@@ -65,6 +65,7 @@ from alignlab.data.records import (
     messages_from_list,
     record_to_dict,
 )
+from alignlab.data.sources import iter_jsonl
 from alignlab.feedback.constitution import Constitution, Principle, load_constitution
 from alignlab.feedback.prompts import (
     ANSWER_PREFIX,
@@ -312,12 +313,16 @@ def fit_to_positions(tokenizer, corpus: FeedbackCorpus, limit: int = MAX_POSITIO
 def read_prompts(path: Path) -> list[Messages]:
     """``{"prompt": [...]}`` rows of a gym prompt file; a bad row names the file and line."""
     prompts = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            row = json.loads(line)
-            prompts.append(messages_from_list(row["prompt"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{n}: field 'prompt': not a gym prompt row ({exc})") from None
+    for raw in iter_jsonl(path):
+        if raw.error is not None:
+            raise raw.error
+        value = raw.data.get("prompt")
+        if not isinstance(value, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str) for m in value):
+            raise raw.where.error("prompt", "not a gym prompt row (expected a list of "
+                                            "{role, content} messages)")
+        prompts.append(messages_from_list(value))
     return prompts
 
 
@@ -388,7 +393,7 @@ def build_feedback_model(gym_dir: str | Path, out: str | Path | None = None, see
     for folder in (root / "general", root / "focus"):
         folder.mkdir(parents=True, exist_ok=True)
     prompts = read_prompts(gym.data_dir / "train_prompts.jsonl")
-    tokenizer = AutoTokenizer.from_pretrained(gym.base_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gym.base_model_dir, trust_remote_code=False)
     general = root / "general" / "feedback_corpus.jsonl"
     focus = root / "focus" / "comparison_corpus.jsonl"
     stats = {"general": write_phase_corpus(general, build_feedback_corpus(gym.world, prompts, seed,

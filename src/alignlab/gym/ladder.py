@@ -131,7 +131,7 @@ def build_ladder(out: str | Path, texts: Sequence[str], tokenizer_dir: str | Pat
     from transformers import AutoTokenizer
 
     out = Path(out)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)
     tok_hash = tokenizer_hash(tokenizer)
     docs: list[list[int]] | None = None
     metas = []

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignlab.data.errors import DataSourceError
 from alignlab.data.records import Messages
 from alignlab.gym.gold import GoldResult, score
 from alignlab.gym.world import World
@@ -40,10 +41,12 @@ def load_gym(path: str | Path) -> Gym:
     root = Path(path)
     file = root / "world.json"
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no gym here (build one with `alignlab gym --out {root}`)")
+        raise FileNotFoundError(f"{file}: no gym here (build one with `alignlab gym build --out {root}`)")
     try:
         info = json.loads(file.read_text())
         world = World.from_dict(info["world"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{file}: not a valid gym world file ({exc})") from None
+        problem = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        raise DataSourceError(str(file), f"not a valid gym world file ({problem}); rebuild the gym "
+                                         "with `alignlab gym build`") from None
     return Gym(path=root, world=world, info=info)

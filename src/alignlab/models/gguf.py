@@ -40,22 +40,58 @@ def gguf_cache_dir(gguf_path: Path, dtype: str) -> Path:
 
 
 def convert_gguf_once(gguf_path: str | Path, dtype: str = "float32") -> Path:
-    """Return a safetensors HF folder for ``gguf_path``, converting it the first time only."""
+    """Return a safetensors HF folder for ``gguf_path``, converting it the first time only.
+
+    A file that is not GGUF (:func:`check_gguf_header`) or that the converter cannot read is a
+    :class:`GgufError` naming the file, raised before anything is written to the cache."""
     gguf_path = Path(gguf_path).expanduser()
     if not gguf_path.is_file():
         raise FileNotFoundError(f"GGUF file {str(gguf_path)!r} does not exist")
+    check_gguf_header(gguf_path)
     target = gguf_cache_dir(gguf_path, dtype)
     if (target / SOURCE_NOTE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
     try:
-        _write_converted(gguf_path, dtype, staging)
+        try:
+            _write_converted(gguf_path, dtype, staging)
+        except Exception as exc:  # noqa: BLE001  (the gguf reader raises many types on bad files)
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise GgufError(f"{gguf_path}: cannot convert the GGUF file ({type(exc).__name__}: "
+                            f"{first})") from None
         _publish(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSIONS = (1, 2, 3)
+GGUF_HEADER_BYTES = 24  # magic, uint32 version, uint64 tensor count, uint64 metadata count
+
+
+class GgufError(ValueError):
+    """A file that is not a GGUF checkpoint alignlab can convert; the message names the file."""
+
+
+def check_gguf_header(path: Path) -> None:
+    """Refuse a file that is not GGUF before the converter sees it: the magic ``GGUF``, a known
+    version (1-3) and a complete 24-byte header."""
+    with open(path, "rb") as fh:
+        head = fh.read(GGUF_HEADER_BYTES)
+    if not head:
+        raise GgufError(f"{path}: not a GGUF file (the file is empty)")
+    if head[:4] != GGUF_MAGIC:
+        raise GgufError(f"{path}: not a GGUF file (it starts with {head[:4]!r}, not b'GGUF')")
+    if len(head) < GGUF_HEADER_BYTES:
+        raise GgufError(f"{path}: truncated GGUF header ({len(head)} of {GGUF_HEADER_BYTES} "
+                        "bytes)")
+    version = int.from_bytes(head[4:8], "little")
+    if version not in GGUF_VERSIONS:
+        raise GgufError(f"{path}: unsupported GGUF version {version} (known: "
+                        f"{', '.join(map(str, GGUF_VERSIONS))})")
 
 
 def _write_converted(gguf_path: Path, dtype: str, out: Path) -> None:
@@ -65,9 +101,9 @@ def _write_converted(gguf_path: Path, dtype: str, out: Path) -> None:
 
     folder, name = str(gguf_path.parent), gguf_path.name
     torch_dtype = torch.float32 if dtype == "auto" else getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, dtype=torch_dtype,
+        folder, gguf_file=name, dtype=torch_dtype, trust_remote_code=False,
         quantization_config=GgufConfig(gguf_file=name, dequantize=True),
     )
     model.save_pretrained(out, safe_serialization=True)

@@ -21,6 +21,7 @@ Conventions:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.config import LoraSettings, ModelSettings
-from alignlab.models.gguf import convert_gguf_once
+from alignlab.models.gguf import GgufError, convert_gguf_once
 
 
 class ModelLoadError(ValueError):
@@ -79,7 +80,7 @@ def resolve_model_source(settings: ModelSettings) -> tuple[str, dict[str, Any]]:
         raise ModelLoadError(f"model path {path!r}: no such file or folder")
     gguf = _local_gguf(local, settings.gguf_file, path)
     if gguf is not None:
-        return str(convert_gguf_once(gguf, settings.dtype)), {}
+        return str(_converted(gguf, settings.dtype)), {}
     _check_safetensors(local, path)
     return str(local), {}
 
@@ -104,14 +105,27 @@ def _convert_hub_gguf(settings: ModelSettings) -> Path:
     from huggingface_hub import hf_hub_download
 
     local = hf_hub_download(settings.path, settings.gguf_file, revision=settings.revision)
-    return convert_gguf_once(local, settings.dtype)
+    return _converted(local, settings.dtype)
+
+
+def _converted(gguf: str | Path, dtype: str) -> Path:
+    """:func:`convert_gguf_once`, a file that is not a readable GGUF being a ModelLoadError."""
+    try:
+        return convert_gguf_once(gguf, dtype)
+    except GgufError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _check_safetensors(folder: Path, shown: str) -> None:
-    """Refuse a folder whose only weights are pickle ``.bin`` files (see module docstring)."""
+    """Refuse a folder whose only weights are pickle ``.bin`` files (see module docstring), and a
+    folder of weights without the ``config.json`` (or, for a LoRA adapter, ``adapter_config.json``)
+    that says what they are."""
     if not folder.is_dir():
         return
     if any(folder.glob("*.safetensors")) or any(folder.glob("*.safetensors.index.json")):
+        if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+            raise ModelLoadError(f"model folder {shown!r} has weights but no config.json; copy the "
+                                 "config.json of the model the weights belong to into the folder")
         return
     if any(folder.glob("pytorch_model*.bin")) or any(folder.glob("*.pt")):
         raise ModelLoadError(
@@ -141,21 +155,89 @@ def _pretrained_kwargs(settings: ModelSettings, extra: dict[str, Any]) -> dict[s
 
 
 def _from_pretrained(auto_cls, source: str, kwargs: dict[str, Any], what: str):
-    """Call ``auto_cls.from_pretrained`` quietly and turn its OSErrors into a short ModelLoadError.
+    """Call ``auto_cls.from_pretrained`` quietly and turn its errors into a one-line ModelLoadError.
 
+    A broken folder fails inside transformers in many ways (OSError for a missing file, a JSON
+    error for a torn ``config.json``, ValueError for an unknown ``model_type``, a safetensors error
+    for a corrupt weights file, RuntimeError for mismatched shapes); each becomes ``cannot load
+    <what> from <source>: <Type>: <first line>``, naming the weights files for a weights error.
     transformers' weight-loading bars and its load-report table are switched off for the call; a
     model with newly initialised weights (e.g. the score head of a reward model made from a causal
     LM) gets one line on stderr instead, naming them (:func:`report_new_weights`)."""
     try:
         with quiet_transformers():
             loaded = auto_cls.from_pretrained(source, **kwargs)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load {what} from {source!r}: {first}") from None
+    except Exception as exc:  # noqa: BLE001  (see the docstring: every failure gets one line)
+        raise ModelLoadError(f"cannot load {what} from {source!r}: {_describe(source, exc)}") \
+            from None
     if not hasattr(loaded, "parameters"):  # a tokenizer
         return loaded
     report_new_weights(loaded, source, what)
     return loaded
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line, cut to ``limit`` characters (no type for an OSError, whose
+    text says enough)."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    if isinstance(exc, OSError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _describe(source: str, exc: BaseException) -> str:
+    """The error on one line (:func:`_first_line`) plus what the folder at ``source`` says about
+    it: the weights files for a safetensors error, the JSON file that does not parse for a JSON
+    error; a shape mismatch (e.g. an edited ``config.json``) is described by its first tensor."""
+    text = _first_line(exc)
+    folder = Path(source)
+    if not folder.is_dir():
+        return text
+    if "safetensor" in f"{type(exc).__module__}.{type(exc).__name__} {exc}".lower():
+        names = sorted(p.name for p in folder.glob("*.safetensors"))
+        return f"{text} (weights: {', '.join(names)})" if names else text
+    if isinstance(exc, json.JSONDecodeError):
+        for file in sorted(folder.glob("*.json")):
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (ValueError, OSError):
+                return f"{text} (not valid JSON: {file.name})"
+    if "mismatched_sizes" in str(exc):
+        found = _shape_mismatches(folder)
+        if found:
+            name, stored, wanted = found[0]
+            more = f" (and {len(found) - 1} more tensors)" if len(found) > 1 else ""
+            return (f"the weights do not fit config.json: {name} has shape {stored} in the "
+                    f"weights but {wanted} from config.json{more}; does config.json belong to "
+                    "these weights?")
+    return text
+
+
+def _shape_mismatches(folder: Path) -> list[tuple[str, list[int], list[int]]]:
+    """``(tensor, shape in the weights, shape the config.json asks for)`` for every tensor of the
+    folder's safetensors files whose shape differs from a meta-device model built from its
+    config.json (no weights are read)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001  (only a hint: without it the message stays as it is)
+        return []
+    wanted = {name: list(t.shape) for name, t in model.state_dict().items()}
+    found = []
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as fh:
+            for name in fh.keys():  # noqa: SIM118  (a safetensors handle, not a dict)
+                stored = list(fh.get_slice(name).get_shape())
+                if name in wanted and wanted[name] != stored:
+                    found.append((name, stored, wanted[name]))
+    return found
 
 
 @contextmanager
@@ -208,11 +290,20 @@ def report_new_weights(model, source: str, what: str) -> None:
               f"({count} parameters)", file=sys.stderr)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "vocab.txt", "spiece.model")
+
+
 def load_tokenizer(source: str, settings: ModelSettings, extra: dict[str, Any] | None = None):
-    """The tokenizer of ``source`` with a pad token guaranteed (``pad = eos`` when missing)."""
+    """The tokenizer of ``source`` with a pad token guaranteed (``pad = eos`` when missing); a
+    local folder without any tokenizer file is a ModelLoadError saying so."""
     from transformers import AutoTokenizer
 
     kwargs = {"trust_remote_code": settings.trust_remote_code, **(extra or {})}
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"model folder {source!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                             "save the tokenizer of the model into it (tokenizer.save_pretrained)")
     tokenizer = _from_pretrained(AutoTokenizer, source, kwargs, "tokenizer")
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -299,16 +390,43 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, merge_lora: bool = 
     With ``merge_lora`` (default) a peft model is merged into a copy of its base weights, so the folder
     is an ordinary HF model (reward models keep their trained score head). The live model is not
     changed. ``merge_lora=False`` saves only the adapter (``adapter_model.safetensors``).
+
+    The folder is written as ``<out_dir>.partial`` and renamed into place when complete (an older
+    ``out_dir`` is moved aside and removed: it is replaced as a whole), so a process killed while
+    saving leaves either the old folder or none, never a half-written one under ``out_dir``.
     """
+    import shutil
+
+    from alignlab import crashpoint
+    from alignlab.storage import StorageError, writing
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
     to_save = model
     if merge_lora and _is_peft(model):
         to_save = merged_copy(model)
-    with quiet_transformers():
-        to_save.save_pretrained(out, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    try:
+        with writing(out):  # disk full / not writable: one StorageError line naming the folder
+            tmp.mkdir(parents=True)
+            with quiet_transformers():
+                to_save.save_pretrained(tmp, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+    except StorageError:
+        shutil.rmtree(tmp, ignore_errors=True)  # free the space; an older out_dir is untouched
+        raise
+    crashpoint.hit("model_save")
+    old = out.with_name(out.name + ".old")
+    if old.exists():  # left by a save killed between the two renames below
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
     return out
 
 

@@ -279,12 +279,13 @@ def detect_attack_format(row: dict[str, Any], source: str) -> str:
 def iter_csv(path: Path) -> Iterator[RawRow]:
     """Rows of a CSV file with a header line, each located by the 1-based line its record starts
     on (a quoted field may span lines). Blank lines are skipped; a record with non-UTF-8 bytes or
-    more fields than the header is a RawRow carrying a RecordError; missing trailing fields are
+    more fields than the header, or that breaks the quoting rules (an unclosed quote, text after a
+    closing quote), is a RawRow carrying a RecordError; missing trailing fields are
     null. A UTF-8 byte-order mark is ignored."""
     source = str(path)
     with open(path, "rb") as fh:
         lines = (_decode(line, number == 0) for number, line in enumerate(fh))
-        reader = csv.reader(lines)
+        reader = csv.reader(lines, strict=True)  # an unclosed quote must not swallow the file
         header: list[str] | None = None
         start = 1
         while True:

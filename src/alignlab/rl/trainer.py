@@ -31,6 +31,19 @@ so one process and several log the same numbers for the same global batch.
 Checkpoints (``train.save_every`` iterations) hold the policy, the critic, both optimisers and
 schedulers, the KL controller, the moved reference, the objective's state and the iteration reached;
 a killed run resumes at the next iteration with the same prompts and sampling seeds.
+
+Non-finite updates (:mod:`alignlab.train.nonfinite`): a minibatch update whose loss (policy, value
+and ptx terms, over every process) or policy / critic gradient norm is NaN/inf is skipped for both
+models (no parameter, optimiser or scheduler change) and counted (``skipped_steps`` in every logged
+row). As ``train.max_steps``, ``train.max_bad_steps`` counts iterations here: an iteration is bad
+when every one of its updates was skipped (a NaN reward, say, spoils all of them), and that many
+bad iterations in a row (``bad_steps``) stop the run with
+:class:`~alignlab.train.nonfinite.NonFiniteError` at the end of the last one. The policy, critic,
+optimisers and schedulers have not moved since the last good update, and are saved with the
+iteration reached as ``step-<i>``; the KL controller, a moved reference and the objective's state
+have seen the bad iterations' rollouts, whose measurements were real. A rerun resumes there (e.g.
+with a lower ``train.learning_rate``). No periodic checkpoint is written while bad iterations are
+running.
 """
 
 from __future__ import annotations
@@ -77,11 +90,23 @@ from alignlab.runs import RunFolder
 from alignlab.train.checkpoint import Progress, latest_checkpoint, save_checkpoint
 from alignlab.train.common import report_data, save_final, start_stage
 from alignlab.train.forward import TokenLogprobModule
-from alignlab.train.loop import main_log
+from alignlab.train.loop import main_log, rewind_metrics
+from alignlab.train.nonfinite import (
+    NonFiniteError,
+    StepGuard,
+    describe_nonfinite,
+    keep_good_state,
+    stop_message,
+)
 from alignlab.train.objective import Objective
 from alignlab.train.sampler import StepSampler
 from alignlab.train.schedule import make_scheduler
-from alignlab.train.sharding import accumulation_boundary, clip_grad_norm, prepare_sharding
+from alignlab.train.sharding import (
+    accumulation_boundary,
+    clip_grad_norm,
+    prepare_sharding,
+    uses_deepspeed,
+)
 
 
 class OnlineConfig(StageConfig):
@@ -200,7 +225,13 @@ class ReferenceState:
 
 @dataclass
 class Learner:
-    """The trainable parts: wrapped modules, optimisers and schedulers (critic parts may be None)."""
+    """The trainable parts: wrapped modules, optimisers and schedulers (critic parts may be None).
+
+    ``guard`` skips and counts non-finite updates (it never stops the run: :func:`run_online`
+    judges whole iterations); ``loss_nonfinite`` is the pending minibatch's non-finite loss (NaN
+    when only another process saw one; None when every process's was finite), set by
+    :func:`minibatch_step` for :func:`_optimiser_step`; ``position`` is (iteration, updates tried in
+    it)."""
 
     policy: torch.nn.Module
     policy_opt: torch.optim.Optimizer
@@ -210,6 +241,9 @@ class Learner:
     critic_sched: object | None = None
     max_grad_norm: float = float("inf")
     updates: int = 0
+    guard: StepGuard | None = None
+    loss_nonfinite: float | None = None
+    position: tuple[int, int] = (0, 0)
 
 
 def _adamw(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -246,7 +280,7 @@ def build_learner(cfg: OnlineConfig, acc, policy, critic, total_updates: int) ->
     policy_sched = make_scheduler(policy_opt, train.lr_schedule, train.warmup_ratio, total_updates)
     acc.register_for_checkpointing(policy_sched)
     return Learner(policy_module, policy_opt, policy_sched, critic_module, critic_opt, critic_sched,
-                   train.max_grad_norm or float("inf"))
+                   train.max_grad_norm or float("inf"), guard=StepGuard(None))
 
 
 # ----------------------------------------------------------------------------- the update
@@ -360,14 +394,23 @@ def minibatch_step(acc, learner: Learner, algo: Algorithm, exp: Experience, ctx:
     chunks, units = lockstep_chunks(chunks, units, processes)
     total = float(processes.sum(torch.tensor(sum(units), dtype=torch.float64)))
     step = StepMetrics()
+    bad_loss = None
     for index, (chunk, n) in enumerate(zip(chunks, units)):
         loss = chunk_loss(learner, algo, chunk, ctx, step, n, live)
         loss = loss * (n * processes.size / max(total, 1e-8))
         if ptx is not None:
             loss = loss + _ptx_term(learner, ptx, ctx, chunk, real, step, empty=n == 0)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            bad_loss = value
         with accumulation_boundary(acc, index == len(chunks) - 1):
             acc.backward(loss)
-    sums.add(None, step.global_means(processes))
+    # the flag travels in the metrics' all-reduce: every process learns whether any saw a bad loss
+    step.add("guard", {"nonfinite_loss": float(bad_loss is not None)}, 1.0)
+    means = step.global_means(processes)
+    anywhere = means.pop("guard/nonfinite_loss", 0.0) > 0
+    learner.loss_nonfinite = (bad_loss if bad_loss is not None else math.nan) if anywhere else None
+    sums.add(None, means)
     _optimiser_step(acc, learner, sums)
 
 
@@ -405,17 +448,48 @@ def _micro_chunks(exp: Experience, micro_rows: int | None, unit_rows: int) -> li
 
 
 def _optimiser_step(acc, learner: Learner, sums: MetricSums) -> None:
+    """Clip the policy's (and critic's) gradients, then step every part, or none when the
+    minibatch's loss or a gradient norm is non-finite (``learner.guard``; both numbers are the
+    same on every process)."""
     max_norm = learner.max_grad_norm
     parts = [(learner.policy, learner.policy_opt, learner.policy_sched, "policy")]
     if learner.critic is not None:
         parts.append((learner.critic, learner.critic_opt, learner.critic_sched, "value"))
-    for module, opt, sched, name in parts:
+    norms = {}
+    for module, _, _, name in parts:
         norm = clip_grad_norm(acc, module, max_norm)
         sums.add(name, {"grad_norm": norm})
-        opt.step()
+        norms[name] = float(norm)
+    call_step = _update_allowed(acc, learner, norms)
+    skipped = learner.guard is not None and learner.guard.skipped_last
+    for _, opt, sched, _ in parts:
+        if call_step:
+            opt.step()
         opt.zero_grad(set_to_none=True)
-        sched.step()
-    learner.updates += 1
+        if not skipped:
+            sched.step()
+    if not skipped:
+        learner.updates += 1
+
+
+def _update_allowed(acc, learner: Learner, norms: dict[str, float]) -> bool:
+    """Record the update with ``learner.guard``; whether the optimisers are to step. As in the
+    offline loop (:func:`alignlab.train.loop._step_allowed`): under DeepSpeed only the loss is
+    checked (the engine stepped inside ``backward``); an fp16 loss-scale overflow (finite loss,
+    non-finite norm) goes to the grad scaler's ``step`` and does not count towards the limit."""
+    guard = learner.guard
+    iteration, tried = learner.position
+    learner.position = (iteration, tried + 1)
+    if guard is None:
+        return True
+    loss = learner.loss_nonfinite
+    learner.loss_nonfinite = None
+    if uses_deepspeed(acc):
+        guard.observe(describe_nonfinite(loss, {}))
+        return True
+    overflow = getattr(acc, "scaler", None) is not None and loss is None
+    skipped = guard.observe(describe_nonfinite(loss, norms), extends_streak=not overflow)
+    return not skipped or overflow
 
 
 def unit_offset(processes: Processes, count: int) -> tuple[int, int]:
@@ -732,8 +806,10 @@ def global_row(acc, row: dict[str, float]) -> dict[str, float]:
 
 def resume(state: OnlineRun, progress: Progress) -> int:
     """Load the latest complete checkpoint of this run, if any; returns the iteration to continue."""
-    latest = latest_checkpoint(state.run.checkpoint_dir)
+    latest = latest_checkpoint(state.run.checkpoint_dir,
+                               lambda msg: main_log(state.acc, state.run, msg))
     if latest is None:
+        rewind_metrics(state.acc, state.run, 0)
         return 0
     state.acc.load_state(str(latest))
     if (progress.num_examples, progress.global_batch) != (state.sampler.num_examples,
@@ -743,6 +819,7 @@ def resume(state: OnlineRun, progress: Progress) -> int:
                          f"{state.sampler.num_examples} and {state.sampler.global_batch}; resume "
                          "with the same prompts and batch settings or use a new out")
     main_log(state.acc, state.run, f"resumed from {latest} (iteration {progress.step})")
+    rewind_metrics(state.acc, state.run, progress.step)
     return progress.step
 
 
@@ -761,23 +838,70 @@ def run_online(cfg: OnlineConfig, run: RunFolder) -> Path:
                            "(no separate no-grad policy forward)")
     window = MetricSums()
     eval_prompts = load_eval_prompts(cfg, state)
+    guard = state.learner.guard
+    guard.skipped = progress.skipped_steps
+    bad_iterations = StepGuard(cfg.train.max_bad_steps)
     for iteration in range(start, total):
+        skipped_before = guard.skipped
+        state.learner.position = (iteration, 0)
         row = global_row(acc, one_iteration(state, iteration))
+        _judge_iteration(state, bad_iterations, iteration, total, skipped_before)
         progress.step = iteration + 1
         progress.num_examples, progress.global_batch = (state.sampler.num_examples,
                                                         state.sampler.global_batch)
+        progress.skipped_steps = guard.skipped
         window.add("", row)
-        if (iteration + 1) % cfg.train.log_every == 0 or iteration + 1 == total:
+        last = iteration + 1 == total or bad_iterations.exhausted
+        if (iteration + 1) % cfg.train.log_every == 0 or last:
             logged = {k[1:]: v for k, v in window.means().items()}
             logged["lr"] = state.learner.policy_sched.get_last_lr()[0]
+            logged.update({"skipped_steps": guard.skipped, "bad_steps": bad_iterations.consecutive})
             _log(acc, run, logged, iteration + 1, total)
             window = MetricSums()
         if eval_prompts and _eval_due(cfg, iteration + 1, total):
             _evaluate(state, eval_prompts, iteration + 1)
-        if cfg.train.save_every and (iteration + 1) % cfg.train.save_every == 0:
+        if bad_iterations.exhausted:
+            _stop_on_bad_iterations(state, bad_iterations, iteration)
+        due = cfg.train.save_every and (iteration + 1) % cfg.train.save_every == 0
+        if due and not bad_iterations.consecutive:  # never in a streak: see the module doc
             save_checkpoint(acc, run.checkpoint_dir, iteration + 1)
     acc.wait_for_everyone()
+    if guard.skipped:
+        main_log(acc, run, f"{guard.skipped} update(s) skipped as non-finite "
+                           "(skipped_steps in metrics.jsonl)")
     return save_final(acc, run, acc.unwrap_model(state.learner.policy).model, state.tokenizer)
+
+
+def _judge_iteration(state: OnlineRun, bad_iterations: StepGuard, iteration: int, total: int,
+                     skipped_before: int) -> None:
+    """Record whether ``iteration`` was bad (every update skipped, each counting towards the limit:
+    an fp16 overflow does not) with ``bad_iterations``, and log its skipped updates. An iteration
+    without any update (e.g. online DPO when every group tied) neither extends nor ends a streak."""
+    guard, tried = state.learner.guard, state.learner.position[1]
+    if tried:
+        bad_iterations.at = f"iteration {iteration + 1}"
+        bad_iterations.observe(guard.last_reason if guard.consecutive >= tried else None)
+    skipped = guard.skipped - skipped_before
+    if skipped:
+        main_log(state.acc, state.run,
+                 f"iteration {iteration + 1}/{total}: {skipped} of {tried} update(s) skipped, last "
+                 f"{guard.last_reason} ({bad_iterations.consecutive} bad iteration(s) in a row, at "
+                 f"most {state.cfg.train.max_bad_steps}; {guard.skipped} update(s) skipped in all)")
+
+
+def _stop_on_bad_iterations(state: OnlineRun, bad_iterations: StepGuard, iteration: int) -> None:
+    """Leave the state (progress already at ``iteration`` + 1) as ``step-<iteration + 1>``, unless a
+    complete one is there, and raise :class:`~alignlab.train.nonfinite.NonFiniteError`. Under
+    DeepSpeed the engine has applied the bad updates: nothing is written and the newest checkpoint
+    is named."""
+    acc, run = state.acc, state.run
+    if uses_deepspeed(acc):
+        checkpoint = latest_checkpoint(run.checkpoint_dir)
+    else:
+        checkpoint = keep_good_state(acc, run.checkpoint_dir, iteration + 1)
+    message = stop_message(bad_iterations, checkpoint, "iterations with every update non-finite")
+    main_log(acc, run, message)
+    raise NonFiniteError(message)
 
 
 def load_eval_prompts(cfg: OnlineConfig, state: OnlineRun) -> list:

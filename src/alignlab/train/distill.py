@@ -39,6 +39,7 @@ from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
+from alignlab import crashpoint
 from alignlab.config import (
     ConfigError,
     DataSettings,
@@ -253,6 +254,7 @@ def load_shard(path: Path) -> list[DistillItem]:
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    crashpoint.hit("teacher_shard")
     os.replace(tmp, path)
 
 

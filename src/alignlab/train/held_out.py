@@ -108,9 +108,11 @@ class BestTracker:
         return value < self.value if self.mode == "min" else value > self.value
 
     def record(self, row: dict[str, float], step: int) -> None:
+        from alignlab.runs import write_atomic  # a kill mid-write must not leave a torn best.json
+
         self.value = row[self.metric]
-        self.path.write_text(json.dumps({"metric": self.metric, "mode": self.mode,
-                                         "value": self.value, "step": step}))
+        write_atomic(self.path, json.dumps({"metric": self.metric, "mode": self.mode,
+                                            "value": self.value, "step": step}))
 
 
 def best_model_dir(run_path: Path) -> Path | None:

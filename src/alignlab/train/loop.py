@@ -14,6 +14,13 @@ be sums over loss units, e.g. the number of correctly ranked pairs).
 
 Batching, shuffling and resuming follow :mod:`alignlab.train.sampler` (``batch_size`` is per process).
 
+Non-finite steps (:mod:`alignlab.train.nonfinite`): a step whose global loss or gradient norm is
+NaN/inf is skipped (no parameter, optimiser or scheduler change; its gradients dropped) and counted
+(``skipped_steps``, ``bad_steps`` in every logged row); ``train.max_bad_steps`` in a row stop the
+run with :class:`~alignlab.train.nonfinite.NonFiniteError` after writing ``step-<g>``, the state
+after the last good step g (unless that checkpoint exists), which a rerun resumes from (retrying
+step g + 1). No periodic checkpoint is written at a skipped step.
+
 FSDP2 and DeepSpeed ZeRO-2/3 run the same loop through accelerate (:mod:`alignlab.train.sharding`):
 FSDP2 reduce-scatters instead of all-reducing, which leaves the gradient of global_loss_sum / N
 unchanged; under DeepSpeed the engine steps the optimiser inside ``accelerator.backward`` of the last
@@ -24,6 +31,7 @@ micro-batch (marked as the accumulation boundary), so ``grad_penalty`` is refuse
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +44,13 @@ from alignlab.progress import progress as progress_bar
 from alignlab.runs import RunFolder
 from alignlab.train.checkpoint import Progress, latest_checkpoint, save_checkpoint
 from alignlab.train.held_out import BestTracker, HeldOut, evaluate_held_out
+from alignlab.train.nonfinite import (
+    NonFiniteError,
+    StepGuard,
+    describe_nonfinite,
+    keep_good_state,
+    stop_message,
+)
 from alignlab.train.reduce import global_count, global_means, to_device
 from alignlab.train.sampler import StepSampler
 from alignlab.train.schedule import make_scheduler
@@ -44,6 +59,7 @@ from alignlab.train.sharding import (
     enable_cpu_fsdp,
     is_sharded_run,
     prepare_sharding,
+    uses_deepspeed,
 )
 
 StepFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, Any, dict[str, torch.Tensor]]]
@@ -52,13 +68,15 @@ CountFn = Callable[[dict], int]
 
 @dataclass
 class LoopResult:
-    """What the loop hands back: the unwrapped model, the step reached and the last logged row."""
+    """What the loop hands back: the unwrapped model, the step reached, the logged rows and how many
+    optimiser steps were skipped as non-finite (over the whole run, resumes included)."""
 
     model: torch.nn.Module
     accelerator: Accelerator
     step: int
     resumed_from: int
     history: list[dict[str, float]] = field(default_factory=list)
+    skipped_steps: int = 0
 
 
 def make_accelerator() -> Accelerator:
@@ -92,6 +110,8 @@ def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[
     each optimiser step (0-based ``step``, also after a resume), for losses scheduled over training.
     ``grad_penalty(model)`` adds a penalty's gradient in place after the data loss's gradients are
     accumulated and before clipping (:mod:`alignlab.train.penalties`); its metrics are logged.
+    A non-finite step is skipped; ``settings.max_bad_steps`` in a row raise
+    :class:`~alignlab.train.nonfinite.NonFiniteError` (see the module doc).
     """
     acc = accelerator or make_accelerator()
     if grad_penalty is not None and is_sharded_run(acc):
@@ -106,26 +126,62 @@ def train_loop(model: torch.nn.Module, dataset: Sequence, collate_fn: Callable[[
                        f"{sampler.global_batch} on {acc.num_processes} process(es)), from step {start}")
     history = []
     tracker = _best_tracker(run, settings, held_out)
+    guard = StepGuard(settings.max_bad_steps, skipped=progress.skipped_steps)
     with progress_bar(total - start, "training") as bar:
         for step in range(start, total):
             if on_step is not None:
                 on_step(step, total)
             batches = [to_device(collate_fn([dataset[i] for i in idx]), acc.device)
                        for idx in sampler.micro_batches(step, acc.process_index)]
+            guard.at = f"step {step + 1}"
             row = _optimiser_step(acc, model, optimizer, batches, step_fn, count_fn, settings,
-                                  grad_penalty)
+                                  grad_penalty, guard)
             row["lr"] = scheduler.get_last_lr()[0]
-            scheduler.step()
+            row.update(guard.metrics())
+            if guard.skipped_last:
+                main_log(acc, run, f"step {step + 1}/{total}: skipped, {guard.last_reason} "
+                                   f"({guard.consecutive} in a row, at most "
+                                   f"{settings.max_bad_steps}; {guard.skipped} skipped in all)")
+                if guard.exhausted:
+                    history.append(_log_row(acc, run, row, step + 1, total))
+                    _stop_on_bad_steps(acc, run, progress, sampler, guard, step)
+            else:
+                scheduler.step()
             _record_progress(progress, sampler, step + 1)
+            progress.skipped_steps = guard.skipped
             if (step + 1) % settings.log_every == 0 or step + 1 == total:
                 history.append(_log_row(acc, run, row, step + 1, total))
             if held_out is not None and _eval_due(settings, step + 1, total):
                 history.append(_evaluate(acc, run, model, held_out, tracker, step + 1))
-            if settings.save_every and (step + 1) % settings.save_every == 0:
+            due = settings.save_every and (step + 1) % settings.save_every == 0
+            if due and not guard.consecutive:  # never at a skipped step: see the module doc
                 save_checkpoint(acc, run.checkpoint_dir, step + 1)
             bar.advance()
     acc.wait_for_everyone()
-    return LoopResult(acc.unwrap_model(model), acc, max(start, total), start, history)
+    if guard.skipped:
+        main_log(acc, run, f"{guard.skipped} optimiser step(s) skipped as non-finite "
+                           "(skipped_steps in metrics.jsonl)")
+    return LoopResult(acc.unwrap_model(model), acc, max(start, total), start, history,
+                      guard.skipped)
+
+
+def _stop_on_bad_steps(acc: Accelerator, run: RunFolder, progress: Progress, sampler: StepSampler,
+                       guard: StepGuard, step: int) -> None:
+    """Leave the last good state as ``step-<g>`` (g: steps done before the streak; the weights,
+    optimiser and scheduler in memory have not moved since) and raise
+    :class:`~alignlab.train.nonfinite.NonFiniteError`. Under DeepSpeed the engine has already applied
+    the bad updates, so nothing is written and the newest checkpoint (none is written during a
+    streak) is named."""
+    good = step + 1 - guard.consecutive
+    if uses_deepspeed(acc):
+        checkpoint = latest_checkpoint(run.checkpoint_dir)
+    else:
+        _record_progress(progress, sampler, good)
+        progress.skipped_steps = guard.skipped_before_streak
+        checkpoint = keep_good_state(acc, run.checkpoint_dir, good)
+    message = stop_message(guard, checkpoint)
+    main_log(acc, run, message)
+    raise NonFiniteError(message)
 
 
 def _eval_due(settings: TrainSettings, step: int, total: int) -> bool:
@@ -180,9 +236,12 @@ def _prepare(acc: Accelerator, model: torch.nn.Module, settings: TrainSettings, 
 
 def _maybe_resume(acc: Accelerator, run: RunFolder, progress: Progress,
                   sampler: StepSampler) -> int:
-    """Load the latest complete checkpoint, if any; returns the step to continue from."""
-    latest = latest_checkpoint(run.checkpoint_dir)
+    """Load the latest complete checkpoint, if any; returns the step to continue from.
+
+    metrics.jsonl is rewound to that step (rows a killed attempt logged after it are dropped)."""
+    latest = latest_checkpoint(run.checkpoint_dir, lambda msg: main_log(acc, run, msg))
     if latest is None:
+        rewind_metrics(acc, run, 0)
         return 0
     acc.load_state(str(latest))
     if (progress.num_examples, progress.global_batch) != (sampler.num_examples,
@@ -192,7 +251,18 @@ def _maybe_resume(acc: Accelerator, run: RunFolder, progress: Progress,
             f"{progress.global_batch}, but this run has {sampler.num_examples} and "
             f"{sampler.global_batch}; resume with the same data and batch settings or use a new out")
     main_log(acc, run, f"resumed from {latest} (step {progress.step})")
+    rewind_metrics(acc, run, progress.step)
     return progress.step
+
+
+def rewind_metrics(acc: Accelerator, run: RunFolder, step: int) -> None:
+    """Drop the metrics rows a killed attempt logged after ``step`` (main process; see
+    :meth:`alignlab.runs.RunFolder.rewind_metrics`)."""
+    if acc.is_main_process:
+        dropped = run.rewind_metrics(step)
+        if dropped:
+            run.log(f"metrics.jsonl: {dropped} row(s) of the interrupted attempt after step {step} "
+                    f"dropped (they are logged again)")
 
 
 def _record_progress(progress: Progress, sampler: StepSampler, step: int) -> None:
@@ -203,14 +273,38 @@ def _record_progress(progress: Progress, sampler: StepSampler, step: int) -> Non
 
 def _optimiser_step(acc: Accelerator, model, optimizer, batches: list[dict], step_fn: StepFn,
                     count_fn: CountFn, settings: TrainSettings,
-                    grad_penalty: Callable | None = None) -> dict[str, float]:
-    """One optimiser step over the micro-batches; returns the globally aggregated row."""
+                    grad_penalty: Callable | None = None,
+                    guard: StepGuard | None = None) -> dict[str, float]:
+    """One optimiser step over the micro-batches; returns the globally aggregated row.
+
+    The row (global loss) is computed before the update so that ``guard`` can skip a step whose
+    loss or gradient norm is non-finite (``guard.skipped_last``); the gradients are dropped either
+    way."""
     loss_sum, metric_sums, n_global = accumulate_gradients(acc, model, batches, step_fn, count_fn)
     penalty_metrics = grad_penalty(model) if grad_penalty is not None else {}
     grad_norm = _clip(acc, model, settings.max_grad_norm)
-    optimizer.step()
+    row = {**_aggregate(acc, loss_sum, metric_sums, n_global, grad_norm), **penalty_metrics}
+    if guard is None or _step_allowed(acc, guard, row["loss"], grad_norm):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {**_aggregate(acc, loss_sum, metric_sums, n_global, grad_norm), **penalty_metrics}
+    return row
+
+
+def _step_allowed(acc: Accelerator, guard: StepGuard, loss: float, grad_norm: float) -> bool:
+    """Record the step with ``guard``; whether ``optimizer.step()`` is to be called.
+
+    Both numbers are global (the all-reduced loss, the norm of the synchronised gradients), so
+    every process decides alike. Under DeepSpeed only the loss is checked (the engine clipped and
+    stepped inside ``backward``; ``optimizer.step()`` is its no-op wrapper). With an fp16 grad
+    scaler, a finite loss with a non-finite gradient norm is a loss-scale overflow: the scaler's own
+    ``step`` skips the update and lowers the scale, so it is called, and the step is counted as
+    skipped without counting towards ``max_bad_steps``."""
+    if uses_deepspeed(acc):
+        guard.observe(describe_nonfinite(loss, {}))
+        return True
+    overflow = getattr(acc, "scaler", None) is not None and math.isfinite(loss)
+    skipped = guard.observe(describe_nonfinite(loss, {"": grad_norm}), extends_streak=not overflow)
+    return not skipped or overflow
 
 
 def accumulate_gradients(acc: Accelerator, model, batches: list[dict], step_fn: StepFn,

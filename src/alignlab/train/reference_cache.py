@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from alignlab import crashpoint
 from alignlab.config import ModelSettings
 from alignlab.models.fingerprint import WeightsCheck, model_identity
 from alignlab.models.gguf import cache_root
@@ -96,6 +97,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` then rename ``tmp`` onto ``path`` (readers never see a half-written file)."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     write(tmp)
+    crashpoint.hit("cache_block")
     os.replace(tmp, path)
 
 
