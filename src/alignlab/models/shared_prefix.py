@@ -40,6 +40,7 @@ from alignlab.models.logprobs import (
     decoder_body,
     final_hidden_states,
     hidden_target_logprobs,
+    last_token_index,
     masked_sequence_sum,
     token_logprobs,
     unwrap_peft,
@@ -74,13 +75,15 @@ class PackedGroups:
     """One packed row per group. ``input_ids``/``position_ids``/``segments`` are ``[G, P]``
     (``segments``: 0 prefix, ``s + 1`` suffix of slot ``s``, -1 padding); ``source`` [N, T-1] is, for
     original row ``n`` and position ``t``, the packed column whose hidden state predicts
-    ``input_ids[n, t + 1]`` (0 where the row has no such target); ``group`` [N] is row n's group."""
+    ``input_ids[n, t + 1]`` (0 where the row has no such target); ``group`` [N] is row n's group;
+    ``last`` [N] is the packed column of row n's last real token (where a reward head reads)."""
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     segments: torch.Tensor
     source: torch.Tensor
     group: torch.Tensor
+    last: torch.Tensor
 
     def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """``[G, 1, P, P]`` additive mask: causal, prefix visible to all, suffixes to themselves."""
@@ -149,6 +152,7 @@ def pack_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, slots: in
     packed, positions, segments = [], [], []
     source = torch.zeros(rows, max(width - 1, 0), dtype=torch.long)
     group_of = torch.zeros(rows, dtype=torch.long)
+    last = torch.zeros(rows, dtype=torch.long)
     for g, group in enumerate(members):
         columns = [real[n].nonzero().flatten() for n in group]
         row_ids = [ids_cpu[n, cols] for n, cols in zip(group, columns, strict=True)]
@@ -164,14 +168,15 @@ def pack_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, slots: in
             source[n, cols[:targets.numel()]] = torch.where(targets < shared, targets,
                                                             offset + targets - shared)
             group_of[n] = g
+            last[n] = offset + tail.numel() - 1 if tail.numel() else max(shared - 1, 0)
             offset += tail.numel()
         packed.append(torch.cat(ids))
         positions.append(torch.cat(pos))
         segments.append(torch.cat(seg).long())
-    return _padded(packed, positions, segments, source, group_of, pad_id, input_ids.device)
+    return _padded(packed, positions, segments, source, group_of, last, pad_id, input_ids.device)
 
 
-def _padded(packed, positions, segments, source, group_of, pad_id, device) -> PackedGroups:
+def _padded(packed, positions, segments, source, group_of, last, pad_id, device) -> PackedGroups:
     width = max(1, max(row.numel() for row in packed))
 
     def pad(items, value):
@@ -181,7 +186,7 @@ def _padded(packed, positions, segments, source, group_of, pad_id, device) -> Pa
         return out.to(device)
 
     return PackedGroups(pad(packed, pad_id), pad(positions, 0), pad(segments, -1), source.to(device),
-                        group_of.to(device))
+                        group_of.to(device), last.to(device))
 
 
 def packed_hidden_states(model, layout: PackedGroups) -> torch.Tensor:
@@ -263,6 +268,23 @@ def grouped_shifted_hidden_states(model, batch: dict,
     layout = pack_groups(batch["input_ids"], batch["attention_mask"], groups=shared)
     hidden = packed_hidden_states(model, layout)
     return hidden[layout.group[:, None], layout.source]
+
+
+def grouped_last_hidden_states(model, batch: dict, slots: int) -> torch.Tensor:
+    """``[N, H]`` final hidden state at each row's last real token (what a reward head reads) of a
+    slot-major batch of groups of ``slots`` rows that share a prompt (a reward model's chosen and
+    rejected rows): each group's common prefix is computed once where :func:`sharing_groups` allows
+    it, per row otherwise. Equal to the per-row states up to float rounding: the last token sees
+    the prefix and its own suffix only, at its own positions."""
+    shared = sharing_groups(model, batch, slots)
+    if shared is None:
+        hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"],
+                                     batch.get("position_ids"))
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, last_token_index(batch["attention_mask"]).to(hidden.device)]
+    layout = pack_groups(batch["input_ids"], batch["attention_mask"], groups=shared)
+    hidden = packed_hidden_states(model, layout)
+    return hidden[layout.group, layout.last]
 
 
 # ----------------------------------------------------------------------------- rows labelled by group

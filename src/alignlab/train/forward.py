@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.models.logprobs import reward_scores, token_logprobs
-from alignlab.models.shared_prefix import batch_groups, grouped_token_logprobs
+from alignlab.models.logprobs import reward_scores, score_head, token_logprobs
+from alignlab.models.shared_prefix import (
+    batch_groups,
+    grouped_last_hidden_states,
+    grouped_token_logprobs,
+)
 
 
 class TokenLogprobModule(torch.nn.Module):
@@ -46,13 +50,22 @@ class TokenLogprobModule(torch.nn.Module):
 
 
 class RewardModule(torch.nn.Module):
-    """``forward(batch) -> [B]`` scalar rewards at each row's last real token."""
+    """``forward(batch) -> [B]`` scalar rewards at each row's last real token.
 
-    def __init__(self, model: torch.nn.Module):
+    With ``share_slots`` = S > 1 the batch is slot-major groups of S rows that share a prompt (the
+    reward stage's chosen rows, then its rejected rows: S = 2), and each group's prompt runs once
+    (:func:`alignlab.models.shared_prefix.grouped_last_hidden_states`; same rewards up to float
+    rounding, per-row where the model's attention takes no tree mask)."""
+
+    def __init__(self, model: torch.nn.Module, share_slots: int = 1):
         super().__init__()
         self.model = model
+        self.share_slots = share_slots
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if self.share_slots > 1:
+            pooled = grouped_last_hidden_states(self.model, batch, self.share_slots)
+            return score_head(self.model)(pooled)[:, 0].float()
         return reward_scores(self.model, batch["input_ids"], batch["attention_mask"],
                              batch.get("position_ids"))
 

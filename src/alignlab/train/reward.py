@@ -47,7 +47,9 @@ class RMConfig(StageConfig):
     The held-out pairs (``eval_data``, else a seeded ``eval_fraction`` of ``data``) are scored after
     training (accuracy, loss, margin, ECE: ``eval.json``); with ``train.eval_every`` or
     ``train.save_best`` they are also evaluated during training (``eval/loss``, ``eval/accuracy``,
-    ``eval/margin``)."""
+    ``eval/margin``). ``share_prompt`` (default on) runs the prompt a pair's chosen and rejected
+    rows share once, in one packed row under a tree attention mask (:mod:`alignlab.models.shared_prefix`;
+    the same rewards and gradients up to float rounding, less activation memory and compute)."""
 
     stage: Literal["rm"] = "rm"
     model: ModelSettings
@@ -55,6 +57,7 @@ class RMConfig(StageConfig):
     eval_data: DataSettings | None = None
     eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    share_prompt: bool = True
     out: str
 
 
@@ -143,8 +146,9 @@ def train_reward_model(cfg: RMConfig, run: RunFolder, acc, train_records: list,
     if eval_items and (cfg.train.eval_every or cfg.train.save_best):
         held_out = HeldOut(eval_items, collate, rm_step, cfg.train.batch_size,
                            save_best=keep_best(run, tokenizer, lambda module: module.model))
-    result = train_loop(RewardModule(model), train_items, collate, rm_step, count_pairs,
-                        cfg.train, run, acc, held_out)
+    module = RewardModule(model, share_slots=2 if cfg.share_prompt else 1)
+    result = train_loop(module, train_items, collate, rm_step, count_pairs, cfg.train, run, acc,
+                        held_out)
     if eval_items:
         scores = evaluate_rm(acc, result.model.to(acc.device), eval_items, collate,
                              cfg.train.batch_size)
