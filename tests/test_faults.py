@@ -331,18 +331,9 @@ def test_checkpoint_past_a_file_size_limit_is_dropped_and_training_resumes(tmp_p
 
 def _tiny_sft_model(folder):
     """test_train_stages' tiny Llama (2 layers, hidden 32) and char tokenizer, saved to ``folder``."""
-    import torch
-    from test_train_stages import _tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from test_train_stages import save_tiny_char_model
 
-    tok = _tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_char_model(folder)
 
 
 # ----------------------------------------------------------------------------- a real full disk

@@ -37,9 +37,13 @@ def _tokenizer():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A 2-layer Llama (hidden 32) and its char tokenizer saved as an HF folder."""
+    return save_tiny_char_model(tmp_path_factory.mktemp("tiny"))
+
+
+def save_tiny_char_model(folder) -> str:
+    """Save the 2-layer Llama (hidden 32, seed 0) and the char tokenizer to ``folder``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path_factory.mktemp("tiny")
     tok = _tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
