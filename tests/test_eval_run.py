@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from alignlab.config import DataSettings, GenerationSettings, ModelSettings
 from alignlab.data.records import Message, messages_to_list
+from alignlab.eval.refusal import is_refusal
 from alignlab.eval.run import EvalConfig, EvalContext, evaluate_many, evaluate_policy, run_eval
 from alignlab.eval.winrate import RewardJudge
 from alignlab.gym import load_gym
@@ -142,9 +143,22 @@ def test_evaluate_policy_shares_reference_between_policies(setup):
 
 def test_run_eval_without_reference_or_gym(setup):
     cfg = eval_config(setup, "plain", reference=None).model_copy(update={"gym": None})
-    metrics, _ = run_stage(cfg)
+    metrics, run = run_stage(cfg)
     assert "kl" not in metrics and "win_rate" not in metrics and "gold_reward" not in metrics
     assert metrics["proxy_reward"]["n"] == NUM_PROMPTS * NUM_SAMPLES
+    flags = [is_refusal(r["response"]) for r in read_rows(run)]  # real text: the phrase detector
+    assert metrics["refusal_rate"]["mean"] == pytest.approx(sum(flags) / len(flags))
+    assert "evasive_rate" not in metrics
+
+
+def test_real_text_eval_reports_both_sides(setup):
+    metrics, run = run_stage(eval_config(setup, "plain_ref").model_copy(update={"gym": None}))
+    rows = read_rows(run)
+    ref_scores = [r["reference_rm_score"] for r in rows]
+    assert metrics["reference_proxy_reward"]["mean"] == pytest.approx(sum(ref_scores) / len(rows))
+    flags = [is_refusal(r["reference_response"]) for r in rows]
+    assert metrics["reference_refusal_rate"]["mean"] == pytest.approx(sum(flags) / len(rows))
+    assert {"win_rate", "kl", "refusal_rate"} <= metrics.keys()
 
 
 def test_non_gym_prompts_are_a_clear_error(setup, tmp_path):

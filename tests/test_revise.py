@@ -237,3 +237,73 @@ def test_reviser_generation_applies_to_critiques_and_revisions_only(tmp_path):
     assert used == [(1.0, 8)] + [(0.0, 5)] * 4
     # seeds still derive from generation.seed, so switching the reviser's settings moves no seed
     assert [c[1].seed for c in gen.calls] == [step_seed(3, 0, s) for s in range(5)]
+
+
+class _FixedLabeler:
+    """A labeler whose P(chosen) is read from the chosen text (``... p=0.7``)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def label(self, requests):
+        self.seen.extend(requests)
+        return [{"label": float(r.chosen.rsplit("p=", 1)[1])} for r in requests]
+
+
+def test_revision_filter_keeps_strictly_preferred_and_never_copies(tmp_path):
+    from alignlab.feedback.revision_filter import keep_rows, keep_stats, revision_probs
+
+    rows = [{"index": i, "prompt": [{"role": "user", "content": f"q{i}"}], "initial": init,
+             "final": final} for i, (init, final) in enumerate(
+                 [("a", "b p=0.9"), ("a", "a"), ("a", "c p=0.5"), ("a", ""), ("a", "d p=0.2")])]
+    labeler = _FixedLabeler()
+    probs = revision_probs(rows, labeler, load_constitution(_constitution(tmp_path)), seed=0)
+    assert probs == [0.9, None, 0.5, None, 0.2]
+    assert [r.rejected for r in labeler.seen] == ["a", "a", "a"]  # revision first, as "chosen"
+    verdicts = keep_rows(rows, probs, min_prob=0.5)
+    assert [v["kept"] for v in verdicts] == [True, False, False, False, False]
+    assert keep_stats(verdicts) == {"judged": 3, "kept": 1, "mean_p_revision": round(1.6 / 3, 4)}
+
+
+def _save_tiny_rm(folder):
+    import torch
+    from test_train_stages import _tokenizer
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = _tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=0, num_labels=1)
+    LlamaForSequenceClassification(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_keep_with_a_reward_model_filters_sft_data(tmp_path):
+    import math
+
+    from alignlab.config import JudgeSettings
+    from alignlab.eval.winrate import load_reward_judge
+    from alignlab.feedback.revision_filter import KeepSettings
+
+    rm = _save_tiny_rm(tmp_path / "rm")
+    keep = KeepSettings(judge=JudgeSettings(kind="reward_model", model=ModelSettings(path=rm)))
+    cfg = _config(tmp_path, tmp_path / "out", n=6, keep=keep)
+    rows = _run(cfg, FakeGenerator())
+    out = Path(cfg.out)
+    verdicts = _rows(out / "keep.jsonl")
+    judge = load_reward_judge(rm)
+    prompts = [tuple(Message(**m) for m in r["prompt"]) for r in rows]
+    r_final, r_init = (judge.score(prompts, [r[k] for r in rows]) for k in ("final", "initial"))
+    for v, a, b in zip(verdicts, r_final, r_init):  # P = sigmoid(r_revision - r_initial), by hand
+        assert v["p_revision"] == pytest.approx(1 / (1 + math.exp(b - a)), abs=2e-6)
+        assert v["kept"] == (v["p_revision"] > 0.5)
+    kept = [r for r, v in zip(rows, verdicts) if v["kept"]]
+    assert 0 < len(kept) < len(rows)  # this random RM prefers some revisions and not others
+    sft = _rows(out / "sft.jsonl")
+    assert [s["messages"][-1]["content"] for s in sft] == [r["final"] for r in kept]
+    stats = json.loads((out / "revise_stats.json").read_text())
+    assert stats["sft_rows"] == len(kept) and stats["keep"]["kept"] == len(kept)
+    assert len(_rows(out / "prefs.jsonl")) == len(rows)  # preference data stays unfiltered
+    assert len(_rows(out / "sft_unfiltered.jsonl")) == len(rows)

@@ -70,6 +70,10 @@ class ModelSettings(StrictModel):
 
     ``path`` is a hub name, a local Hugging Face folder, or a ``.gguf`` file (then converted once to a
     cached safetensors folder). ``gguf_file`` names the GGUF file inside ``path`` when ``path`` is a folder.
+    ``train_last_layers: k`` trains only the last ``k`` decoder blocks and what follows them (final
+    norm, score head); the embeddings and lower blocks are frozen, so backward stops at block
+    ``L - k`` (:mod:`alignlab.models.freezing`). With ``lora`` it places the adapters on those ``k``
+    blocks only. It applies when the model is trained, never to a frozen reference or judge.
     """
 
     path: str
@@ -78,6 +82,7 @@ class ModelSettings(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     trust_remote_code: bool = False
     lora: LoraSettings | None = None
+    train_last_layers: int | None = Field(None, ge=1)
 
 
 class DataSettings(StrictModel):

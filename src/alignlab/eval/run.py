@@ -37,6 +37,7 @@ from alignlab.config import (
 from alignlab.data.records import Messages
 from alignlab.eval.kl import exact_sampling, kl_per_sample
 from alignlab.eval.metrics import gold_metrics, length_metrics
+from alignlab.eval.refusal import refusal_rate
 from alignlab.eval.stats import Stat, mean_se
 from alignlab.eval.winrate import RewardJudge, proxy_reward, rm_lengths, win_rate
 from alignlab.generation.base import Sample
@@ -192,13 +193,13 @@ def evaluate_policy(policy, tokenizer, ctx: EvalContext,
     """Generate (unless ``samples`` are given), score, and compare with the reference.
 
     Metrics: gold (``gold_reward``, ``harmless_rate``, ``helpful_rate``, ``evasive_rate``,
-    ``off_grammar_rate``) with a gym; ``proxy_reward`` with a judge; with a reference ``kl``
+    ``off_grammar_rate``) with a gym, ``refusal_rate`` without one; ``proxy_reward`` with a judge; with a reference ``kl``
     (:mod:`alignlab.eval.kl`), ``win_rate`` (judge) and ``gold_win_rate`` (gym); always ``length_tokens``
     and ``length_words``."""
     if samples is None:
         samples = generate_samples(policy, tokenizer, ctx.prompts, ctx.settings)
     ours = score_samples(ctx, samples)
-    metrics = dict(gold_metrics(ours.gold)) if ours.gold is not None else {}
+    metrics = dict(gold_metrics(ours.gold)) if ours.gold is not None else text_metrics(ours)
     if ours.rm is not None:
         metrics["proxy_reward"] = proxy_reward(ours.rm)
     rows = sample_rows(ours)
@@ -223,11 +224,22 @@ def evaluate_many(policies: dict[str, tuple[Any, Any]], ctx: EvalContext) -> dic
     return {name: evaluate_policy(model, tok, ctx) for name, (model, tok) in policies.items()}
 
 
+def text_metrics(scored: Scored) -> dict[str, Stat]:
+    """Metrics of real text (no gym): ``refusal_rate`` by the phrase detector of
+    :mod:`alignlab.eval.refusal`, the evasiveness proxy."""
+    return {"refusal_rate": refusal_rate(s.text for s in scored.samples)}
+
+
 def comparison_metrics(ours: Scored, ref: Scored) -> dict[str, Stat]:
-    """``win_rate`` by the RM and ``gold_win_rate`` by the gold reward, pairing samples by index."""
+    """``win_rate`` by the RM and ``gold_win_rate`` by the gold reward, pairing samples by index; on
+    real text also the reference's own ``reference_proxy_reward`` and ``reference_refusal_rate``, so
+    one table shows both sides."""
     out: dict[str, Stat] = {}
     if ours.rm is not None and ref.rm is not None:
         out["win_rate"] = win_rate(ours.rm, ref.rm)
+        out["reference_proxy_reward"] = proxy_reward(ref.rm)
+    if ref.gold is None:
+        out.update({f"reference_{k}": v for k, v in text_metrics(ref).items()})
     if ours.gold is not None and ref.gold is not None:
         out["gold_win_rate"] = win_rate([g.reward for g in ours.gold], [g.reward for g in ref.gold])
     return out

@@ -56,6 +56,7 @@ from alignlab.feedback.constitution import (
 )
 from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
 from alignlab.feedback.prompts import critique_messages, revision_messages
+from alignlab.feedback.revision_filter import KeepSettings, judge_revisions, keep_stats
 
 
 class ReviseConfig(StageConfig):
@@ -65,7 +66,10 @@ class ReviseConfig(StageConfig):
     from the constitution asks ``reviser`` (default: ``model``) for a critique and then a revision of
     the latest answer. ``few_shot`` prepends that many of the constitution's worked examples.
     ``generation`` samples the answers and, unless ``reviser_generation`` is set (e.g. sampled
-    answers, greedy critiques), the critiques and revisions too.
+    answers, greedy critiques), the critiques and revisions too. ``keep`` (optional) has a judge
+    (the labeller or a reward model) filter the SL-CAI data: ``sft.jsonl`` then holds only the
+    revisions it prefers to their initial answer (:mod:`alignlab.feedback.revision_filter`;
+    per-row verdicts in ``keep.jsonl``, every revision still in ``sft_unfiltered.jsonl``).
     Writes ``revisions.jsonl`` (every step), ``sft.jsonl`` (prompt + final revision, the SL-CAI data)
     and ``prefs.jsonl`` (final revision preferred to the initial answer). Resumable.
     """
@@ -79,6 +83,7 @@ class ReviseConfig(StageConfig):
     few_shot: int = Field(0, ge=0)
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=128))
     reviser_generation: GenerationSettings | None = None
+    keep: KeepSettings | None = None
     flush_every: int = Field(16, ge=1)
     seed: int = 0
     out: str
@@ -301,12 +306,22 @@ def run_revise(cfg, run, generators=None) -> None:
             written += len(todo)
             run.log_metrics({"revised": len(job.rows),
                              "prompts_per_s": round(written / (time.perf_counter() - t0), 4)})
-    _write_outputs(job.sorted_rows(), cfg.rounds, run)
+    rows = job.sorted_rows()
+    verdicts = None
+    if cfg.keep is not None:
+        verdicts = judge_revisions(rows, cfg.keep, constitution, cfg.seed)
+        write_jsonl_atomic(run.path / "keep.jsonl", verdicts)
+    _write_outputs(rows, cfg.rounds, run, verdicts)
 
 
-def _write_outputs(rows: list[dict], rounds: int, run) -> None:
-    write_jsonl_atomic(run.path / "sft.jsonl", sft_records(rows))
+def _write_outputs(rows: list[dict], rounds: int, run, verdicts: list[dict] | None = None) -> None:
+    kept = rows if verdicts is None else [r for r, v in zip(rows, verdicts) if v["kept"]]
+    write_jsonl_atomic(run.path / "sft.jsonl", sft_records(kept))
     write_jsonl_atomic(run.path / "prefs.jsonl", preference_records(rows))
     stats = revise_stats(rows, rounds)
+    if verdicts is not None:
+        write_jsonl_atomic(run.path / "sft_unfiltered.jsonl", sft_records(rows))
+        stats["keep"] = keep_stats(verdicts)
+        stats["sft_rows"] = len(sft_records(kept))
     run.write_json("revise_stats.json", stats)
     run.log(f"revise stats: {stats}")

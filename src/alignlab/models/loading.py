@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alignlab.config import LoraSettings, ModelSettings
+from alignlab.models import freezing
 from alignlab.models.gguf import GgufError, convert_gguf_once
 
 
@@ -325,8 +326,7 @@ def load_causal_lm(settings: ModelSettings, for_training: bool = True):
     model = _from_pretrained(AutoModelForCausalLM, source, _pretrained_kwargs(settings, extra),
                              "causal LM")
     _sync_pad_id(model, tokenizer)
-    if settings.lora is not None:
-        model = apply_lora(model, settings.lora, task="CAUSAL_LM")
+    model = _make_trainable_part(model, settings, "CAUSAL_LM", for_training)
     return _set_mode(model, for_training), tokenizer
 
 
@@ -346,8 +346,7 @@ def load_reward_model(settings: ModelSettings, for_training: bool = True, num_la
               "pad_token_id": tokenizer.pad_token_id}
     model = _from_pretrained(AutoModelForSequenceClassification, source, kwargs, "reward model")
     _sync_pad_id(model, tokenizer)
-    if settings.lora is not None:
-        model = apply_lora(model, settings.lora, task="SEQ_CLS")
+    model = _make_trainable_part(model, settings, "SEQ_CLS", for_training)
     return _set_mode(model, for_training), tokenizer
 
 
@@ -369,15 +368,37 @@ def _set_mode(model, for_training: bool):
     return model
 
 
-def apply_lora(model, lora: LoraSettings, task: str):
+def _make_trainable_part(model, settings: ModelSettings, task: str, for_training: bool):
+    """LoRA and/or ``train_last_layers`` (:mod:`alignlab.models.freezing`); a model loaded for
+    inference only gets its LoRA wrapper (it is frozen as a whole afterwards)."""
+    k = settings.train_last_layers if for_training else None
+    if settings.lora is not None:
+        layers = freezing.lora_layers(model, k) if k is not None else None
+        return apply_lora(model, settings.lora, task=task, layers=layers)
+    if k is not None:
+        freezing.freeze_all_but_last(model, k)
+    return model
+
+
+def apply_lora(model, lora: LoraSettings, task: str, layers: list[int] | None = None):
     """Wrap ``model`` in a peft LoRA adapter; ``task`` is ``CAUSAL_LM`` or ``SEQ_CLS``.
 
     For ``SEQ_CLS`` peft trains the score head in full (``modules_to_save``) next to the adapters.
+    ``layers`` restricts the adapters to those decoder-block indices (peft's ``layers_to_transform``;
+    ``"all-linear"`` is then spelt out as the blocks' linear layer names, and another single-string
+    ``target_modules`` (a regex) is refused, as peft cannot restrict one to layers).
     """
     from peft import LoraConfig, get_peft_model
 
+    targets = lora.target_modules
+    if layers is not None and isinstance(targets, str):
+        if targets != "all-linear":
+            raise freezing.FreezeError("train_last_layers with LoRA needs target_modules as a list "
+                                       f"of names or 'all-linear', not the pattern {targets!r}")
+        targets = freezing.block_linear_names(model)
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules, task_type=task)
+                        target_modules=targets, task_type=task,
+                        layers_to_transform=layers)
     return get_peft_model(model, config)
 
 

@@ -1,0 +1,182 @@
+"""Tables of the issue-20 SmolLM2 recipes, read from their run folders (nothing is retyped by hand).
+
+    python benchmarks/smollm2_recipes/collect.py [--runs runs] [--ablations runs/abl] \
+        [--time-logs benchmarks/smollm2_recipes/results/time]
+
+Writes ``results/results.md`` and ``results/results.json``. Standard errors: accuracies and rates are
+proportions over n held-out items, se = sqrt(p (1 - p) / n); win rates, rewards and KL are means over
+prompts with the sample se (``alignlab eval``'s own). A ``--time-logs`` folder holds ``/usr/bin/time -v``
+logs named ``<recipe>.txt``: their wall clock and maximum RSS go into the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RM_ABLATIONS = [  # (folder under --ablations or a recipe run, label)
+    ("full_lr3e-5/rm", "full fine-tuning, lr 3e-5, 1 epoch"),
+    ("recipe:rm_heldout/rm", "last 8 of 30 blocks, lr 5e-5, 2 epochs (the recipe)"),
+    ("rm_pmp_last8/rm", "OASST PMP first, then last 8 blocks, lr 5e-5, 1 epoch"),
+]
+EVAL_KEYS = ["win_rate", "proxy_reward", "reference_proxy_reward", "kl", "refusal_rate",
+             "reference_refusal_rate", "length_tokens"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def proportion(p: float, n: int) -> dict:
+    return {"mean": p, "se": math.sqrt(max(p * (1 - p), 0.0) / n) if n else math.nan, "n": n}
+
+
+def fmt(stat: dict | None, digits: int = 3) -> str:
+    if not stat:
+        return "–"
+    return f"{stat['mean']:.{digits}f} ± {stat['se']:.{digits}f}"
+
+
+def run_seconds(folder: Path) -> float | None:
+    times = [r["time"] for r in read_jsonl(folder / "metrics.jsonl") if r.get("time") is not None]
+    return max(times) if times else None
+
+
+def time_log(path: Path) -> dict:
+    """Wall seconds and peak RSS (GB) from a ``/usr/bin/time -v`` log."""
+    if not path.exists():
+        return {}
+    text = path.read_text()
+    out = {}
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    if rss:
+        out["peak_rss_gb"] = round(int(rss.group(1)) / 1024**2, 2)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    if wall:
+        parts = [float(x) for x in wall.group(1).split(":")]
+        out["wall_s"] = round(sum(v * 60 ** i for i, v in enumerate(reversed(parts))), 1)
+    return out
+
+
+def rm_rows(runs: Path, ablations: Path) -> list[dict]:
+    rows = []
+    for key, label in RM_ABLATIONS:
+        folder = runs / "smollm2-hh" / key.split(":", 1)[1] if key.startswith("recipe:") else ablations / key
+        if not (folder / "metrics.jsonl").exists():
+            continue
+        evals = [r for r in read_jsonl(folder / "metrics.jsonl") if "eval/accuracy" in r]
+        n = json.loads((folder / "eval.json").read_text())["n"]
+        rows.append({"run": str(folder), "label": label, "seconds": run_seconds(folder),
+                     "evals": [{"step": r["step"], "accuracy": proportion(r["eval/accuracy"], n),
+                                "loss": r.get("eval/loss"), "ece": r.get("eval/ece")} for r in evals]})
+    return rows
+
+
+def preference_rows(folder: Path) -> list[dict]:
+    rows = []
+    for method in ("dpo", "ipo", "simpo"):
+        train, evaluation = folder / method, folder / f"eval_{method}"
+        if not (train / "metrics.jsonl").exists():
+            continue
+        last = [r for r in read_jsonl(train / "metrics.jsonl") if "eval/rewards/accuracy" in r][-1]
+        n = _pair_count(train)
+        row = {"method": method, "train_seconds": run_seconds(train),
+               "implicit_accuracy": proportion(last["eval/rewards/accuracy"], n),
+               "implicit_margin": last.get("eval/rewards/margin")}
+        if (evaluation / "metrics.json").exists():
+            row.update(json.loads((evaluation / "metrics.json").read_text()))
+            row["eval_seconds"] = run_seconds(evaluation)
+        rows.append(row)
+    return rows
+
+
+def _pair_count(train: Path) -> int:
+    text = (train / "log.txt").read_text()
+    found = re.search(r"(\d+) eval pairs", text) or re.search(r"eval pair: (\d+) records", text)
+    return int(found.group(1)) if found else 300
+
+
+def cai_rows(folder: Path) -> dict:
+    out: dict = {}
+    stats = folder / "revise" / "revise_stats.json"
+    if stats.exists():
+        out["revise"] = json.loads(stats.read_text())
+        out["revise_seconds"] = run_seconds(folder / "revise")
+    for name in ("sl_cai", "sl_cai_unfiltered"):
+        metrics = folder / f"eval_{name}" / "metrics.json"
+        if metrics.exists():
+            out[name] = json.loads(metrics.read_text())
+            out[f"{name}_train_seconds"] = run_seconds(folder / name)
+    return out
+
+
+def markdown(rm: list[dict], pref: list[dict], cai: dict, times: dict) -> str:
+    lines = ["# SmolLM2-135M recipes on held-out data (generated by collect.py)", "",
+             "## Reward model, HH harmless: held-out accuracy (300 pairs)", "",
+             "| run | step | accuracy | loss | ECE | run seconds |", "|---|---|---|---|---|---|"]
+    for row in rm:
+        for e in row["evals"]:
+            lines.append(f"| {row['label']} | {e['step']} | {fmt(e['accuracy'])} | "
+                         f"{_num(e['loss'])} | {_num(e['ece'])} | {_num(row['seconds'], 0)} |")
+    lines += ["", "## DPO vs IPO vs SimPO (same pairs, steps, lr, trained blocks)", "",
+              "| method | held-out implicit-reward accuracy | RM win rate vs Instruct | RM reward "
+              "(policy / Instruct) | KL | refusal rate (policy / Instruct) | tokens | train s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in pref:
+        lines.append(f"| {r['method']} | {fmt(r['implicit_accuracy'])} | {fmt(r.get('win_rate'))} | "
+                     f"{fmt(r.get('proxy_reward'), 2)} / {fmt(r.get('reference_proxy_reward'), 2)} | "
+                     f"{fmt(r.get('kl'), 2)} | {fmt(r.get('refusal_rate'))} / "
+                     f"{fmt(r.get('reference_refusal_rate'))} | {fmt(r.get('length_tokens'), 1)} | "
+                     f"{_num(r['train_seconds'], 0)} |")
+    if cai:
+        keep = cai.get("revise", {}).get("keep", {})
+        lines += ["", "## SL-CAI on red-team prompts", "",
+                  f"Revisions: {cai.get('revise', {}).get('prompts')} prompts, judged "
+                  f"{keep.get('judged')}, kept {keep.get('kept')} (mean P(revision better) "
+                  f"{keep.get('mean_p_revision')}); revise {_num(cai.get('revise_seconds'), 0)} s.", "",
+                  "| policy | RM win rate vs Instruct | RM reward (policy / Instruct) | KL | "
+                  "refusal rate (policy / Instruct) | tokens |", "|---|---|---|---|---|---|"]
+        for name in ("sl_cai", "sl_cai_unfiltered"):
+            m = cai.get(name)
+            if m:
+                lines.append(f"| {name} | {fmt(m.get('win_rate'))} | {fmt(m.get('proxy_reward'), 2)} / "
+                             f"{fmt(m.get('reference_proxy_reward'), 2)} | {fmt(m.get('kl'), 2)} | "
+                             f"{fmt(m.get('refusal_rate'))} / {fmt(m.get('reference_refusal_rate'))} | "
+                             f"{fmt(m.get('length_tokens'), 1)} |")
+    if times:
+        lines += ["", "## Whole recipes (`/usr/bin/time -v`)", "", "| recipe | wall | peak RSS |",
+                  "|---|---|---|"]
+        lines += [f"| {k} | {_num(v.get('wall_s'), 0)} s | {v.get('peak_rss_gb')} GB |"
+                  for k, v in sorted(times.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs")
+    parser.add_argument("--ablations", default="runs/abl")
+    parser.add_argument("--time-logs", default=str(HERE / "results" / "time"))
+    args = parser.parse_args()
+    runs = Path(args.runs)
+    times = {p.stem: time_log(p) for p in sorted(Path(args.time_logs).glob("*.txt"))}
+    rm = rm_rows(runs, Path(args.ablations))
+    pref = preference_rows(runs / "smollm2-hh" / "dpo_compare")
+    cai = cai_rows(runs / "smollm2-hh" / "cai_heldout")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"rm": rm, "preference": pref, "cai": cai,
+                                                  "recipes": times}, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(rm, pref, cai, times))
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
