@@ -1,5 +1,7 @@
 """Recipes: stages link through ${name.output}; everything is validated before anything runs."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -50,3 +52,16 @@ def test_structure_errors():
         build_recipe({"stages": [SFT, SFT]})
     with pytest.raises(ConfigError, match="unknown top-level keys"):
         build_recipe({"stages": [SFT], "outt": "x"})
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p for pattern in ("recipes/**/*.yaml", "benchmarks/**/*.yaml")
+                 for p in ROOT.glob(pattern) if "stages:" in p.read_text())
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_recipes_validate(path, monkeypatch):
+    """Every multi-stage recipe we ship passes validation (keys, ranges, ${stage.output} links)."""
+    monkeypatch.chdir(ROOT)
+    stages = load_recipe(path)
+    assert [name for name, _ in stages] == [s["name"] for s in yaml.safe_load(path.read_text())["stages"]]
