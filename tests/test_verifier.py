@@ -78,6 +78,23 @@ def test_auroc_by_hand():
     assert binary_auroc([0.5, 0.7], [1, 1]) is None
 
 
+def test_discrimination_pooled_and_within_problem_by_hand():
+    from alignlab.eval.verify import discrimination
+
+    # a: right 0.9 < wrong 0.95; b: right 0.1 < wrong 0.2, 0.3; c: right 0.5 = wrong 0.5; d: right only.
+    values = [0.9, 0.95, 0.2, 0.1, 0.3, 0.5, 0.5, 0.7]
+    correct = [1, 0, 0, 1, 0, 1, 0, 1]
+    ids = ["a", "a", "b", "b", "b", "c", "c", "d"]
+    out = discrimination(values, correct, ids)
+    # within: pairs a 1 (lost), b 2 (lost), c 1 (tie, ½) -> 0.5 / 4; d has no wrong solution
+    assert out["within_problem_auroc"] == 0.125 and out["within_problem_pairs"] == 4
+    # pooled over 4 right x 4 wrong: 0.9 beats 0.2, 0.3, 0.5 (3); 0.1 none; 0.5 beats 0.2, 0.3 and
+    # ties 0.5 (2.5); 0.7 beats 0.2, 0.3, 0.5 (3) -> 8.5 / 16
+    assert out["pooled_auroc"] == 8.5 / 16
+    assert discrimination([0.3, 0.4], [1, 1], ["a", "a"]) == {
+        "pooled_auroc": None, "within_problem_auroc": None, "within_problem_pairs": 0}
+
+
 def test_first_error_localisation_by_hand():
     scores = [[0.9, 0.2, 0.1],   # true first error 1 -> predicted 1 (exact)
               [0.3, 0.9, 0.9],   # true 2 -> predicted 0 (early)
@@ -261,6 +278,9 @@ def test_verify_stage_curves_and_convincing_wrong(tiny_model, tmp_path):  # noqa
     assert "labels" not in picked[0]
     summary = json.loads((path / "summary.json").read_text())
     assert summary["accuracy"]["mean"] == 3 / 8 and summary["trace_error_among_correct"]["mean"] == 0
+    # a: 2 right x 2 wrong, b: 1 right x 3 wrong -> 7 within-problem pairs per verifier method
+    assert set(summary["verifiers"]) == {"prm/product", "prm/min"}
+    assert all(v["within_problem_pairs"] == 7 for v in summary["verifiers"].values())
     assert (path / "accuracy_vs_n.png").stat().st_size > 1000
 
 

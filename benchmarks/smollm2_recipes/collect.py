@@ -17,6 +17,9 @@ import math
 import re
 from pathlib import Path
 
+from alignlab.eval.agreement import pearson
+from alignlab.eval.verify import discrimination
+
 HERE = Path(__file__).resolve().parent
 RM_ABLATIONS = [  # (folder under --ablations or a recipe run, time log, label)
     ("recipe:rm_heldout/rm", "rm_heldout", "full fine-tuning, lr 3e-5, 1 epoch (the recipe)"),
@@ -24,13 +27,11 @@ RM_ABLATIONS = [  # (folder under --ablations or a recipe run, time log, label)
     ("rm_last8/rm", "rm_last8", "last 8 of 30 blocks, lr 5e-5, 2 epochs"),
     ("rm_pmp_last8/rm", "rm_pmp", "OASST PMP first, then last 8 blocks, lr 5e-5, 1 epoch"),
 ]
-ORM_RUNS = [  # (folder under --runs, or under --ablations after "abl:", time log, label)
+ORM_RUNS = [  # (folder under --runs, time log, label)
     ("gsm8k-verify", "orm", "LoRA r 16, all blocks, 100 steps (recipes/gsm8k-verify/orm.yaml)"),
     ("gsm8k-verify-heldout", "orm_heldout",
      "last 8 of 30 blocks, 300 steps, 1 epoch (recipes/gsm8k-verify/orm_heldout.yaml)"),
 ]
-EVAL_KEYS = ["win_rate", "proxy_reward", "reference_proxy_reward", "kl", "refusal_rate",
-             "reference_refusal_rate", "length_tokens"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -168,38 +169,32 @@ def orm_table(orm: list[dict], times: dict) -> list[str]:
         t = times.get(r["time_key"], {})
         at4 = r["at_n4"]
         lines.append(f"| {r['label']} | {_num(r.get('stage_auroc'))} | {_num(r['pooled_auroc'])} / "
-                     f"{_num(r['within_auroc'])} ({r['within_pairs']} pairs) | {fmt(at4.get('orm'))} | "
+                     f"{_num(r['within_problem_auroc'])} ({r['within_problem_pairs']} pairs) | {fmt(at4.get('orm'))} | "
                      f"{fmt(at4.get('weighted/orm'))} | {fmt(at4.get('random'))} | {fmt(at4.get('majority'))} | {fmt(at4.get('oracle'))} | "
                      f"{_wall(t)} | {_rss(t)} |")
     return lines
 
 
-def orm_rows(runs: Path, ablations: Path) -> list[dict]:
+def orm_rows(runs: Path) -> list[dict]:
     rows = []
     for key, time_key, label in ORM_RUNS:
-        folder = ablations / key[4:] if key.startswith("abl:") else runs / key
-        curve = folder / "verify" / "curve.json"
+        folder = runs / key
         if not (folder / "verify" / "DONE").exists():
             continue
-        at4 = {r["method"]: r for r in json.loads(curve.read_text()) if r["n"] == 4}
-        first = [r for r in json.loads(curve.read_text()) if r["n"] == 1 and r["method"] == "oracle"]
-        stats = {m: {"mean": r["accuracy"], "se": r["se"], "n": r["problems"]} for m, r in at4.items()}
-        if first:
-            stats["random"] = {"mean": first[0]["accuracy"], "se": first[0]["se"], "n": first[0]["problems"]}
+        curve = json.loads((folder / "verify" / "curve.json").read_text())
+        stats = {r["method"]: {"mean": r["accuracy"], "se": r["se"], "n": r["problems"]}
+                 for r in curve if r["n"] == 4}
+        stats["random"] = next({"mean": r["accuracy"], "se": r["se"], "n": r["problems"]}
+                               for r in curve if r["n"] == 1 and r["method"] == "oracle")
         stage = [r for r in read_jsonl(folder / "orm" / "metrics.jsonl") if "eval/solution_auroc" in r]
         scores = read_jsonl(folder / "verify" / "scores.jsonl")
-        pooled, within, pairs = solution_aurocs(scores, "orm")
+        # runs from before verify wrote its own discrimination to summary.json: the same function
+        aurocs = discrimination([r["orm"] for r in scores], [r["correct"] for r in scores],
+                                [r["problem_id"] for r in scores])
         rows.append({"run": str(folder), "label": label, "time_key": time_key, "at_n4": stats,
                      "stage_auroc": stage[-1]["eval/solution_auroc"] if stage else None,
-                     "pooled_auroc": pooled, "within_auroc": within, "within_pairs": pairs,
-                     "length": length_correlations(scores, "orm")})
+                     **aurocs, "length": length_correlations(scores, "orm")})
     return rows
-
-
-def pearson(x: list[float], y: list[float]) -> float:
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    cov = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    return cov / math.sqrt(sum((a - mx) ** 2 for a in x) * sum((b - my) ** 2 for b in y))
 
 
 def length_correlations(scores: list[dict], key: str) -> dict:
@@ -218,23 +213,6 @@ def length_correlations(scores: list[dict], key: str) -> dict:
     return {"score_vs_length": pearson([r[key] for r in scores], lengths),
             "correct_vs_length": pearson([float(r["correct"]) for r in scores], lengths),
             "within_problem_score_vs_length": pearson(d_score, d_len)}
-
-
-def solution_aurocs(scores: list[dict], key: str) -> tuple[float, float, int]:
-    """AUROC over all solutions, and within problems: P(score(right) > score(wrong)) over every
-    (right, wrong) pair of the same problem, ties ½ — what best-of-N selection needs."""
-    def auc(pairs: list[tuple[float, float]]) -> float:
-        return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
-
-    right = [r[key] for r in scores if r["correct"]]
-    wrong = [r[key] for r in scores if not r["correct"]]
-    pooled = auc([(a, b) for a in right for b in wrong])
-    by_problem: dict = {}
-    for r in scores:
-        by_problem.setdefault(r["problem_id"], []).append(r)
-    within = [(a[key], b[key]) for rs in by_problem.values() for a in rs if a["correct"]
-              for b in rs if not b["correct"]]
-    return pooled, auc(within), len(within)
 
 
 def markdown(rm: list[dict], pref: list[dict], cai: dict, orm: list[dict], times: dict) -> str:
@@ -279,7 +257,7 @@ def main() -> None:
     pref = preference_rows(runs / "smollm2-hh" / "dpo_compare")
     pref += preference_rows(Path(args.ablations) / "dpo_lr1e-4", ("dpo",), " (lr 1e-4, ablation)")
     cai = cai_rows(runs / "smollm2-hh" / "cai_heldout")
-    orm = orm_rows(runs, Path(args.ablations))
+    orm = orm_rows(runs)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "results.json").write_text(json.dumps({"rm": rm, "preference": pref, "cai": cai, "orm": orm,

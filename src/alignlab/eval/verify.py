@@ -20,7 +20,8 @@ solutions, the ones Lightman et al. send to labellers (active learning) — as a
 file without labels.
 
 Outputs: ``curve.json`` (one row per method and n), ``verify.md`` (a table), ``accuracy_vs_n.png``,
-``summary.json`` (the solutions' own accuracy and trace-error rate among right answers),
+``summary.json`` (the solutions' own accuracy and trace-error rate among right answers, and per
+verifier its AUROC pooled over problems and within problems: see :func:`discrimination`),
 ``scores.jsonl`` (every solution with its answer, correctness and verifier scores).
 """
 
@@ -54,7 +55,7 @@ from alignlab.data.steps import (
 from alignlab.eval.stats import mean_se
 from alignlab.eval.voting import pass_at_n, selection_accuracy, vote_accuracy
 from alignlab.feedback.jobs import JsonlJob, write_jsonl_atomic
-from alignlab.losses.process import aggregate_step_scores
+from alignlab.losses.process import aggregate_step_scores, binary_auroc
 from alignlab.runs import RunFolder
 from alignlab.scoring import import_function
 
@@ -321,6 +322,30 @@ def sample_summary(groups: list[list[StepSolution]]) -> dict[str, float]:
     return out
 
 
+def discrimination(values: Sequence[float], correct: Sequence[bool], problem_ids: Sequence) -> dict:
+    """How well a verifier's scores separate right from wrong solutions, two ways.
+
+    ``pooled_auroc``: AUROC over every solution of every problem. ``within_problem_auroc``: P(score
+    of a right solution > score of a wrong one of the *same* problem), ties ½, over all such pairs
+    (problems with only right or only wrong solutions add none; ``within_problem_pairs`` counts
+    them). Best-of-N selection depends only on the second: a verifier that merely scores easy
+    problems higher has a high pooled AUROC and picks at random within a problem (the gap Cobbe et
+    al. 2021 avoid by sampling 100 solutions per problem).
+    """
+    by_problem: dict = {}
+    for value, right, pid in zip(values, correct, problem_ids):
+        by_problem.setdefault(pid, []).append((value, bool(right)))
+    wins = pairs = 0.0
+    for rows in by_problem.values():
+        auc = binary_auroc([v for v, _ in rows], [r for _, r in rows])
+        if auc is not None:
+            n_right = sum(r for _, r in rows)
+            wins += auc * n_right * (len(rows) - n_right)
+            pairs += n_right * (len(rows) - n_right)
+    return {"pooled_auroc": binary_auroc(values, [bool(c) for c in correct]),
+            "within_problem_auroc": wins / pairs if pairs else None, "within_problem_pairs": int(pairs)}
+
+
 def run_verify(cfg: VerifyConfig, run: RunFolder) -> list[dict]:
     """Sample or read solutions, score them, and write the accuracy-vs-N curves."""
     groups = load_groups(cfg, run)
@@ -332,6 +357,9 @@ def run_verify(cfg: VerifyConfig, run: RunFolder) -> list[dict]:
     rows = accuracy_curves(scored, ns, cfg.draws)
     run.write_json("curve.json", rows)
     summary = sample_summary(groups)
+    flat = [s for g in groups for s in g]
+    summary["verifiers"] = {m: discrimination(v, [bool(s.correct) for s in flat], [s.problem_id for s in flat])
+                            for m, v in scored.scores.items()}
     run.write_json("summary.json", summary)
     run.log(f"samples: {summary}")
     table = curve_table(rows)
